@@ -1,0 +1,176 @@
+"""ViT encoder in Flax NNX, named like timm's `VisionTransformer` so checkpoints convert mechanically.
+
+Pre-norm blocks, fused qkv with bias, exact GELU, LayerNorm eps 1e-6, drop path, attention through
+`jax.nn.dot_product_attention`. Parameters carry logical axis names (metadata `logical_axes`) that
+`mae_face_jax.sharding` maps to mesh axes with one rules table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mae_face_jax import pos_embed as pe
+
+# (embed_dim, depth, num_heads, patch_size) as in ViT/MAE; 'tiny' is ViT-Ti for tests and the demo.
+VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
+    'tiny': (192, 12, 3, 16),
+    'small': (384, 12, 6, 16),
+    'base': (768, 12, 12, 16),
+    'large': (1024, 24, 16, 16),
+    'huge': (1280, 32, 16, 14),
+}
+
+LN_EPS = 1e-6
+xavier_uniform = jax.nn.initializers.xavier_uniform()
+zeros = jax.nn.initializers.zeros
+
+
+class PosEmbed(nnx.Variable):
+  """A fixed (not trained) position table, as MAE's `requires_grad=False` sin-cos embeddings."""
+
+
+def linear(din: int, dout: int, axes: tuple[str | None, str | None], *, dtype: Any, param_dtype: Any,
+           rngs: nnx.Rngs, kernel_init=xavier_uniform) -> nnx.Linear:
+  """nnx.Linear with MAE's init (xavier-uniform kernel, zero bias) and logical axis names."""
+  return nnx.Linear(din, dout, kernel_init=kernel_init, bias_init=zeros, dtype=dtype,
+                    param_dtype=param_dtype, rngs=rngs,
+                    kernel_metadata={'logical_axes': axes}, bias_metadata={'logical_axes': axes[1:]})
+
+
+def layer_norm(dim: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  return nnx.LayerNorm(dim, epsilon=LN_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                       scale_metadata={'logical_axes': ('norm',)},
+                       bias_metadata={'logical_axes': ('norm',)})
+
+
+class PatchEmbed(nnx.Module):
+  """Non-overlapping p×p patches → linear projection (a strided conv), flattened row-major."""
+
+  def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, *,
+               dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+    if img_size % patch_size:
+      raise ValueError(f'img_size {img_size} is not a multiple of patch_size {patch_size}')
+    self.patch_size = patch_size
+    self.grid_size = (img_size // patch_size, img_size // patch_size)
+    self.num_patches = self.grid_size[0] * self.grid_size[1]
+    # MAE initialises the conv as a linear layer over its (c, p, q) inputs: xavier on the fans.
+    self.proj = nnx.Conv(
+        in_chans, embed_dim, (patch_size, patch_size), strides=(patch_size, patch_size),
+        padding='VALID', kernel_init=jax.nn.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=3),
+        bias_init=zeros, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+        kernel_metadata={'logical_axes': (None, None, None, 'embed')},
+        bias_metadata={'logical_axes': ('embed',)})
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = self.proj(x)  # (B, h, w, D) from NHWC images
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+class Attention(nnx.Module):
+  def __init__(self, dim: int, num_heads: int, *, attention_impl: str | None, dtype: Any,
+               param_dtype: Any, rngs: nnx.Rngs):
+    if dim % num_heads:
+      raise ValueError(f'width {dim} is not divisible by {num_heads} heads')
+    self.num_heads = num_heads
+    self.attention_impl = attention_impl
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.qkv = linear(dim, 3 * dim, ('embed', 'heads'), **kw)
+    self.proj = linear(dim, dim, ('heads', 'embed'), **kw)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, n, d = x.shape
+    # timm's fused layout: output channel = (which of q/k/v, head, head_dim).
+    qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
+    out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
+                                       implementation=self.attention_impl)
+    return self.proj(out.reshape(b, n, d))
+
+
+class Mlp(nnx.Module):
+  def __init__(self, dim: int, hidden: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.fc1 = linear(dim, hidden, ('embed', 'mlp'), **kw)
+    self.fc2 = linear(hidden, dim, ('mlp', 'embed'), **kw)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block (timm `Block`), with per-sample drop path on both residuals."""
+
+  def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0, *,
+               attention_impl: str | None = None, dtype: Any = jnp.float32,
+               param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.norm1 = layer_norm(dim, **kw)
+    self.attn = Attention(dim, num_heads, attention_impl=attention_impl, **kw)
+    self.norm2 = layer_norm(dim, **kw)
+    self.mlp = Mlp(dim, int(dim * mlp_ratio), **kw)
+    # Drop path = dropout whose mask is shared by all tokens and channels of a sample.
+    self.drop_path = nnx.Dropout(drop_path, broadcast_dims=(1, 2), rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x + self.drop_path(self.attn(self.norm1(x)))
+    return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def make_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float, drop_path_rate: float,
+                **kw) -> nnx.List:
+  """`depth` blocks with drop-path rates rising linearly from 0 (timm's stochastic depth rule)."""
+  rates = np.linspace(0.0, drop_path_rate, depth) if depth else []
+  return nnx.List([Block(dim, num_heads, mlp_ratio, float(r), **kw) for r in rates])
+
+
+class VisionTransformer(nnx.Module):
+  """timm/MAE ViT: `global_pool=True` is MAE fine-tuning's mean of patch tokens + `fc_norm`;
+  `global_pool=False` takes the cls token after the final `norm`."""
+
+  def __init__(self, *, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
+               embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
+               num_classes: int = 0, global_pool: bool = True, drop_path_rate: float = 0.0,
+               attention_impl: str | None = None, dtype: Any = jnp.float32,
+               param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.global_pool = global_pool
+    self.embed_dim = embed_dim
+    self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, **kw)
+    self.cls_token = nnx.Param(jnp.zeros((1, 1, embed_dim), param_dtype),
+                               logical_axes=(None, None, 'embed'))
+    # Fine-tuning trains the position table (MAE's models_vit); it starts as the sin-cos table.
+    table = pe.get_2d_sincos_pos_embed(embed_dim, self.patch_embed.grid_size, cls_token=True)
+    self.pos_embed = nnx.Param(jnp.asarray(table[None], param_dtype),
+                               logical_axes=(None, None, 'embed'))
+    self.blocks = make_blocks(embed_dim, depth, num_heads, mlp_ratio, drop_path_rate,
+                              attention_impl=attention_impl, **kw)
+    if global_pool:
+      self.fc_norm = layer_norm(embed_dim, **kw)
+    else:
+      self.norm = layer_norm(embed_dim, **kw)
+    self.head = (linear(embed_dim, num_classes, ('embed', 'classes'),
+                        kernel_init=jax.nn.initializers.truncated_normal(2e-5), **kw)
+                 if num_classes else None)
+
+  def forward_tokens(self, x: jax.Array) -> jax.Array:
+    """All tokens (cls first) after the blocks, before any final norm: what fusion consumes."""
+    x = self.patch_embed(x)
+    cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
+    x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)
+    for blk in self.blocks:
+      x = blk(x)
+    return x
+
+  def pool(self, tokens: jax.Array) -> jax.Array:
+    if self.global_pool:
+      return self.fc_norm(tokens[:, 1:].mean(axis=1))
+    return self.norm(tokens)[:, 0]
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """NHWC images → logits (or pooled features when the model has no head)."""
+    feats = self.pool(self.forward_tokens(x))
+    return self.head(feats) if self.head is not None else feats
