@@ -1,0 +1,12 @@
+"""Stage 1: MAE-Face pretraining, ViT-large."""
+
+import ml_collections
+
+from configs.common import model_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.program = 'pretrain'
+  config.model = model_config('large', img_size=224)
+  return config

@@ -1,0 +1,73 @@
+"""The one entry point: `python main.py --config=configs/<name>.py --workdir=DIR [--mode=...]`.
+
+Modes:
+  train         run the program the config names (`config.program`); the default
+  import_torch  PyTorch/timm/MAE checkpoint (--torch_checkpoint) → Orbax parameters in DIR/params
+  export_torch  Orbax parameters in DIR/params → timm-style state dict at --torch_checkpoint
+With no --config, runs the whole system on the embedded demo data (configs/demo.py).
+"""
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'demo.py')
+
+_CONFIG = config_flags.DEFINE_config_file('config', DEMO_CONFIG, 'Config file (a get_config() module).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, summaries and reports go.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'import_torch', 'export_torch'], 'What to do.')
+_TORCH_CKPT = flags.DEFINE_string('torch_checkpoint', None,
+                                  'PyTorch checkpoint (.pth/.safetensors) to import or export to.')
+
+def build_model_for(config):
+  """The model a config's program trains: the MAE for pretraining, else the ViT classifier."""
+  from flax import nnx
+
+  from mae_face_jax.models.build import build_mae, build_vit
+  rngs = nnx.Rngs(config.get('seed', 0))
+  if config.program == 'pretrain':
+    return build_mae(config.model, rngs)
+  return build_vit(config.model, rngs)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or config.get('workdir', None)
+  if not workdir:
+    raise app.UsageError('--workdir is required for this config')
+  os.makedirs(workdir, exist_ok=True)
+
+  if _MODE.value in ('import_torch', 'export_torch'):
+    from mae_face_jax import checkpointing, torch_interop
+    if not _TORCH_CKPT.value:
+      raise app.UsageError(f'--mode={_MODE.value} needs --torch_checkpoint=PATH')
+    model = build_model_for(config)
+    params_dir = os.path.join(workdir, 'params')
+    if _MODE.value == 'import_torch':
+      report = torch_interop.import_torch_checkpoint(model, _TORCH_CKPT.value)
+      checkpointing.save_params(params_dir, model)
+      print(f'imported {len(report.loaded)} tensors from {_TORCH_CKPT.value} into {params_dir}; '
+            f'missing {report.missing or "none"}; unexpected {report.unexpected or "none"}; '
+            f're-initialised {report.reinitialised or "none"}')
+    else:
+      checkpointing.restore_params(params_dir, model)
+      torch_interop.save_torch_checkpoint(torch_interop.export_state_dict(model), _TORCH_CKPT.value)
+      print(f'exported {params_dir} to {_TORCH_CKPT.value}')
+    return
+
+  if config.program == 'pretrain':
+    from mae_face_jax import train_pretrain
+    train_pretrain.train_and_evaluate(config, workdir)
+  elif config.program == 'demo':
+    from mae_face_jax import demo
+    demo.run(config, workdir)
+  else:
+    raise app.UsageError(f'config.program={config.program!r} is not one of pretrain, demo')
+
+
+if __name__ == '__main__':
+  logging.set_verbosity(logging.INFO)
+  app.run(main)
