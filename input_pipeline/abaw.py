@@ -169,7 +169,7 @@ def _build(images_root: str, per_video: Iterable[tuple[str, np.ndarray | None]])
       present = np.array([k in on_disk for k in annotated.tolist()], bool)
       if not present.all():
         missing += int((~present).sum())
-        log.warning('%s: %d annotated frames have no image; skipped', name, int((~present).sum()))
+        log.debug('%s: %d annotated frames have no image; skipped', name, int((~present).sum()))
       frames = annotated[present]
       frame_labels = labels[frames - 1]
     v = len(videos)
