@@ -41,7 +41,7 @@ def check_compatible(restored: Any, expected: Any, source: str) -> None:
 
 def save_params(path: str, model: nnx.Module) -> None:
   """Writes the model's parameters as an Orbax checkpoint at `path` (replacing one there)."""
-  state = nnx.state(model, MODEL_VARIABLES).to_pure_dict()
+  state = nnx.to_pure_dict(nnx.state(model, MODEL_VARIABLES))
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.abspath(path), state, force=True)
 
@@ -52,11 +52,11 @@ def restore_params(path: str, model: nnx.Module) -> None:
   if not os.path.isdir(path):
     raise FileNotFoundError(f'{path}: no parameter checkpoint there')
   state = nnx.state(model, MODEL_VARIABLES)
-  target = state.to_pure_dict()
+  target = nnx.to_pure_dict(state)
   with ocp.StandardCheckpointer() as ckptr:
     meta = ckptr.metadata(path).item_metadata
     check_compatible(meta, target, path)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), target)
     restored = ckptr.restore(path, abstract)
-  state.replace_by_pure_dict(restored)
+  nnx.replace_by_pure_dict(state, restored)
   nnx.update(model, state)

@@ -36,28 +36,37 @@ def get_2d_sincos_pos_embed(
   return emb.astype(np.float32)
 
 
+def _bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
+  """(n_out, n_in) weights of torch's bicubic resampling (align_corners=False, clamped borders)."""
+  x = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+  x0 = np.floor(x)
+  t = x - x0
+  taps = np.stack([t + 1, t, 1 - t, 2 - t], axis=1)  # distances to the 4 neighbours
+  d = np.abs(taps)
+  w = np.where(d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1,
+               np.where(d < 2, ((d - 5) * d + 8) * d * a - 4 * a, 0.0))
+  idx = np.clip(x0[:, None] + np.arange(-1, 3)[None], 0, n_in - 1).astype(int)
+  mat = np.zeros((n_out, n_in))
+  np.add.at(mat, (np.repeat(np.arange(n_out), 4), idx.ravel()), w.ravel())
+  return mat
+
+
 def resize_pos_embed(
     pos_embed: np.ndarray, new_grid: tuple[int, int], num_prefix_tokens: int = 1
 ) -> np.ndarray:
   """Bicubically resamples a (1, prefix + h*w, D) table to `new_grid`, keeping the prefix rows.
 
-  Matches MAE's `interpolate_pos_embed` (torch bicubic, align_corners=False, no antialias):
-  OpenCV's INTER_CUBIC uses the same kernel (a = -0.75), half-pixel centres and replicated borders.
+  Same kernel (a = -0.75), half-pixel centres and clamped borders as MAE's
+  `interpolate_pos_embed` (torch bicubic, align_corners=False), as two separable matrix products.
   """
-  import cv2  # Local: only checkpoint loading at another resolution needs it.
-
   prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[0, num_prefix_tokens:]
   old = int(round(np.sqrt(grid.shape[0])))
   if old * old != grid.shape[0]:
     raise ValueError(f'position table of {grid.shape[0]} patch rows is not a square grid')
   if (old, old) == tuple(new_grid):
     return pos_embed
-  grid = grid.reshape(old, old, -1).astype(np.float32)
-  # cv2.resize handles at most 512 channels at once; resample in chunks.
-  chunks = [
-      cv2.resize(grid[..., i:i + 256], (new_grid[1], new_grid[0]), interpolation=cv2.INTER_CUBIC)
-      .reshape(new_grid[0], new_grid[1], -1)
-      for i in range(0, grid.shape[-1], 256)
-  ]
-  resized = np.concatenate(chunks, axis=-1).reshape(1, new_grid[0] * new_grid[1], -1)
-  return np.concatenate([prefix, resized.astype(pos_embed.dtype)], axis=1)
+  grid = grid.reshape(old, old, -1).astype(np.float64)
+  rows, cols = _bicubic_matrix(old, new_grid[0]), _bicubic_matrix(old, new_grid[1])
+  resized = np.einsum('ih,jw,hwd->ijd', rows, cols, grid)
+  resized = resized.reshape(1, new_grid[0] * new_grid[1], -1).astype(pos_embed.dtype)
+  return np.concatenate([prefix, resized], axis=1)

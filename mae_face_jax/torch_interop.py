@@ -110,7 +110,7 @@ def _from_torch(path: tuple[Any, ...], value: np.ndarray) -> np.ndarray:
 
 def export_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
   """Our parameters as a timm/MAE state dict of numpy arrays (float32 unless stored otherwise)."""
-  return {key: np.ascontiguousarray(_to_torch(path, np.asarray(var.get_value())))
+  return {key: np.array(_to_torch(path, np.asarray(var.get_value())), order="C", copy=True)
           for key, (path, var) in _variables(model).items()}
 
 

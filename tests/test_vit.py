@@ -1,0 +1,71 @@
+"""Our ViT against timm's VisionTransformer, weights moved through our exporter and importer."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import timm
+import torch
+from flax import nnx
+
+from mae_face_jax import torch_interop
+from mae_face_jax.models.vit import VisionTransformer
+from tests.helpers import TINY_VIT, images, randomize_params, to_nchw
+
+
+def timm_vit(global_pool: bool, num_classes: int = 8):
+  return timm.models.vision_transformer.VisionTransformer(
+      **TINY_VIT, num_classes=num_classes, global_pool='avg' if global_pool else 'token').eval()
+
+
+@pytest.mark.parametrize('global_pool', [True, False])
+def test_export_to_timm_matches(global_pool):
+  ours = VisionTransformer(**TINY_VIT, num_classes=8, global_pool=global_pool, rngs=nnx.Rngs(0))
+  randomize_params(ours, seed=1)
+  ours.eval()
+  ref = timm_vit(global_pool)
+  sd = torch_interop.export_state_dict(ours)
+  ref.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
+  x = images(3, 32)
+  with torch.no_grad():
+    want = ref(to_nchw(x)).numpy()
+  got = np.asarray(ours(jnp.asarray(x)))
+  assert np.abs(want).max() > 0.1  # a comparison of non-trivial logits
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('global_pool', [True, False])
+def test_import_from_timm_matches(global_pool):
+  torch.manual_seed(0)
+  ref = timm_vit(global_pool)
+  with torch.no_grad():
+    for p in ref.parameters():
+      p.normal_(0, 0.2)
+  ours = VisionTransformer(**TINY_VIT, num_classes=8, global_pool=global_pool, rngs=nnx.Rngs(0))
+  report = torch_interop.import_state_dict(
+      ours, {k: v.numpy() for k, v in ref.state_dict().items()})
+  assert not report.missing and not report.unexpected
+  ours.eval()
+  x = images(2, 32, seed=3)
+  with torch.no_grad():
+    want = ref(to_nchw(x)).numpy()
+    want_tokens = ref.blocks(ref._pos_embed(ref.patch_embed(to_nchw(x)))).numpy()
+  np.testing.assert_allclose(np.asarray(ours(jnp.asarray(x))), want, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(np.asarray(ours.forward_tokens(jnp.asarray(x))), want_tokens,
+                             atol=1e-5, rtol=0)
+
+
+def test_drop_path_drops_whole_samples():
+  model = VisionTransformer(**TINY_VIT, drop_path_rate=0.5, rngs=nnx.Rngs(0, dropout=1))
+  x = jnp.asarray(images(16, 32))
+  model.train()
+  a, b = model(x), model(x)
+  assert not np.allclose(a, b)  # fresh drop-path masks each call
+  model.eval()
+  np.testing.assert_array_equal(model(x), model(x))
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  model = VisionTransformer(**TINY_VIT, num_classes=8, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  out = model(jnp.asarray(images(2, 32)))
+  assert out.dtype == jnp.bfloat16
+  assert model.blocks[0].attn.qkv.kernel[...].dtype == jnp.float32
