@@ -109,8 +109,7 @@ class FrameSource:
   video: np.ndarray  # int32 index into videos
   frame: np.ndarray  # int32, 1-based
   label: np.ndarray  # int16, -1 when unlabeled
-  has_landmarks: np.ndarray  # bool, a landmark file sits next to the image
-  landmark_ext: tuple[str, ...] = ()  # per video: '.pts', '.txt' or ''
+  landmarks: np.ndarray  # int8 index into LANDMARK_EXTS of the file next to the image, -1 none
   missing: int = 0  # annotated frames whose image is absent (skipped)
 
   def __len__(self) -> int:
@@ -124,7 +123,7 @@ class FrameSource:
         'label': int(self.label[i]),
         'video': v,
         'frame': k,
-        'landmarks': stem + self.landmark_ext[v] if self.has_landmarks[i] else '',
+        'landmarks': stem + LANDMARK_EXTS[self.landmarks[i]] if self.landmarks[i] >= 0 else '',
     }
 
   def image_location(self, i: int) -> str:
@@ -138,7 +137,7 @@ def _check_images_dir(images_root: str) -> None:
         f'{images_root}: images directory not found, expected <video>/<frame:05d>.jpg under it')
 
 
-def _frames_on_disk(video_dir: str) -> tuple[dict[int, None], dict[int, str]]:
+def _frames_on_disk(video_dir: str) -> tuple[dict[int, None], dict[int, int]]:
   """Frame numbers with a .jpg image, and with a landmark file, in one directory listing."""
   images, landmarks = {}, {}
   try:
@@ -151,14 +150,14 @@ def _frames_on_disk(video_dir: str) -> tuple[dict[int, None], dict[int, str]]:
       continue
     if ext.lower() == '.jpg':
       images[int(stem)] = None
-    elif ext.lower() in LANDMARK_EXTS:
-      landmarks[int(stem)] = ext
+    elif ext in LANDMARK_EXTS:
+      landmarks[int(stem)] = LANDMARK_EXTS.index(ext)
   return images, landmarks
 
 
 def _build(images_root: str, per_video: Iterable[tuple[str, np.ndarray | None]]) -> FrameSource:
   """Columns for videos given as (name, labels-per-frame or None for every frame on disk)."""
-  videos, cols, lm_exts, missing = [], [], [], 0
+  videos, cols, missing = [], [], 0
   for name, labels in per_video:
     on_disk, landmarks = _frames_on_disk(os.path.join(images_root, name))
     if labels is None:
@@ -174,15 +173,13 @@ def _build(images_root: str, per_video: Iterable[tuple[str, np.ndarray | None]])
       frame_labels = labels[frames - 1]
     v = len(videos)
     videos.append(name)
-    lm_exts.append(next(iter(landmarks.values()), ''))
-    has_lm = np.array([k in landmarks for k in frames.tolist()], bool)
-    cols.append((np.full(len(frames), v, np.int32), frames, frame_labels, has_lm))
+    lm = np.array([landmarks.get(k, -1) for k in frames.tolist()], np.int8)
+    cols.append((np.full(len(frames), v, np.int32), frames, frame_labels, lm))
   if cols:
-    video, frame, label, has_lm = (np.concatenate(c) for c in zip(*cols))
+    video, frame, label, lm = (np.concatenate(c) for c in zip(*cols))
   else:
-    video, frame, label, has_lm = (np.zeros(0, t) for t in (np.int32, np.int32, np.int16, bool))
-  return FrameSource(images_root, tuple(videos), video, frame, label.astype(np.int16), has_lm,
-                     tuple(lm_exts), missing)
+    video, frame, label, lm = (np.zeros(0, t) for t in (np.int32, np.int32, np.int16, np.int8))
+  return FrameSource(images_root, tuple(videos), video, frame, label.astype(np.int16), lm, missing)
 
 
 def load_split(root: str, split: str, images_dir: str = IMAGES_DIR) -> FrameSource:
