@@ -156,12 +156,13 @@ class VisionTransformer(nnx.Module):
                         kernel_init=jax.nn.initializers.truncated_normal(2e-5), **kw)
                  if num_classes else None)
 
-  def forward_tokens(self, x: jax.Array) -> jax.Array:
-    """All tokens (cls first) after the blocks, before any final norm: what fusion consumes."""
+  def forward_tokens(self, x: jax.Array, num_blocks: int | None = None) -> jax.Array:
+    """All tokens (cls first) after the first `num_blocks` blocks (all by default), before any
+    final norm: what fusion consumes (an earlier block gives lower-level features)."""
     x = self.patch_embed(x)
     cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
     x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)
-    for blk in self.blocks:
+    for blk in self.blocks[:num_blocks]:
       x = blk(x)
     return x
 

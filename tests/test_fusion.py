@@ -1,0 +1,71 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mae_face_jax.models.fusion import (KEY_GENERATORS, FusionHead, frozen_view_tokens,
+                                        local_attention_mask)
+from mae_face_jax.models.vit import VisionTransformer
+from tests.helpers import TINY_VIT, images
+
+
+class Fused(nnx.Module):
+  def __init__(self, method, aux_blocks):
+    self.face = VisionTransformer(**TINY_VIT, rngs=nnx.Rngs(0))
+    self.region = VisionTransformer(**TINY_VIT, rngs=nnx.Rngs(1))
+    self.head = FusionHead(dim=64, grid_size=(4, 4), num_classes=8, key_generator=method,
+                           rngs=nnx.Rngs(2))
+    self.aux_blocks = aux_blocks
+
+  def __call__(self, face, region):
+    return self.head(frozen_view_tokens(self.face, face),
+                     frozen_view_tokens(self.region, region, self.aux_blocks))
+
+
+@pytest.mark.parametrize('method', KEY_GENERATORS)
+def test_shape_and_gradients_reach_head_not_encoders(method):
+  model = Fused(method, aux_blocks=1)
+  face, region = jnp.asarray(images(3, 32, 0)), jnp.asarray(images(3, 32, 1))
+  logits = model(face, region)
+  assert logits.shape == (3, 8)
+  labels = jnp.array([0, 3, 7])
+
+  def loss_fn(m):
+    return -jnp.mean(jax.nn.log_softmax(m(face, region))[jnp.arange(3), labels])
+
+  grads = nnx.grad(loss_fn)(model)
+  for name in ('face', 'region'):
+    for path, g in jax.tree_util.tree_leaves_with_path(grads[name]):
+      assert not np.any(np.asarray(g)), f'{name}{jax.tree_util.keystr(path)} got a gradient'
+  head_leaves = jax.tree_util.tree_leaves_with_path(grads['head'])
+  assert head_leaves
+  for path, g in head_leaves:
+    assert np.any(np.asarray(g)), f'head{jax.tree_util.keystr(path)} got no gradient'
+
+
+def test_unknown_key_generator_is_named():
+  with pytest.raises(ValueError, match='sum'):
+    FusionHead(dim=64, grid_size=(4, 4), num_classes=8, key_generator='sum', rngs=nnx.Rngs(0))
+
+
+def test_local_mask_is_exactly_the_neighbourhood():
+  mask = local_attention_mask((5, 6), 3)
+  i = 2 * 6 + 3  # row 2, col 3
+  allowed = {(r, c) for r in (1, 2, 3) for c in (2, 3, 4)}
+  for j in range(30):
+    assert mask[i, j] == (divmod(j, 6) in allowed)
+  assert mask[0].sum() == 4  # corner: 2×2 neighbours exist
+  assert local_attention_mask((4, 4), 5)[0].sum() == 9
+
+
+def test_token_outside_window_has_zero_weight():
+  head = FusionHead(dim=64, grid_size=(4, 4), num_classes=8, local_window=3, rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 16, 64)), jnp.float32)
+  h = head.norm_local(x)
+  base = head.local_attn(h, h, mask=head.local_mask[None, None])
+  # Token 15 (row 3, col 3) is outside token 0's 3×3 window: changing it leaves token 0 unchanged.
+  h2 = h.at[:, 15].add(5.0)
+  moved = head.local_attn(h2, h2, mask=head.local_mask[None, None])
+  np.testing.assert_allclose(moved[:, 0], base[:, 0], atol=1e-6)
+  assert not np.allclose(moved[:, 10], base[:, 10])  # token 10 (row 2, col 2) sees it
