@@ -1,12 +1,9 @@
-"""Stage 1: MAE-Face pretraining, ViT-base."""
+"""Stage 1: MAE-Face pretraining, ViT-base (MAE recipe; set --config.data.root)."""
 
 import ml_collections
 
-from configs.common import model_config
+from configs.pretrain_common import pretrain_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.program = 'pretrain'
-  config.model = model_config('base', img_size=224)
-  return config
+  return pretrain_config('base', img_size=224)

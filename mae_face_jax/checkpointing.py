@@ -1,4 +1,6 @@
-"""Orbax checkpoints of model parameters (the shared piece every program saves and restores with).
+"""Orbax checkpoints: model parameters alone (`save_params`/`restore_params`, used by the PyTorch
+interop) and whole training runs (`TrainCheckpointer`: train state + data position, resumable;
+`Preemption`: SIGTERM handling).
 
 Orbax writes into a temporary directory and renames it when complete, so a write that is killed
 leaves no half checkpoint under the final name.
@@ -6,13 +8,17 @@ leaves no half checkpoint under the final name.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 from typing import Any
 
+import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from mae_face_jax.models.vit import PosEmbed
 
@@ -60,3 +66,105 @@ def restore_params(path: str, model: nnx.Module) -> None:
     restored = ckptr.restore(path, abstract)
   nnx.replace_by_pure_dict(state, restored)
   nnx.update(model, state)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training checkpoints: the whole train state + each host's data-iterator position, resumable.
+# ---------------------------------------------------------------------------------------------
+
+
+class _IteratorSnapshot:
+  """The iterator's position taken *now*: an async save must not see batches read after it."""
+
+  def __init__(self, iterator: Any):
+    state = iterator.get_state()
+    self._state = (json.dumps(state, indent=1).encode() if isinstance(state, dict) else state)
+
+  def get_state(self) -> bytes:
+    return self._state
+
+
+class TrainCheckpointer:
+  """Orbax CheckpointManager over `directory`: items 'state' (a pytree of arrays: params,
+  optimizer state, step, rng) and 'data' (one Grain iterator state file per process).
+
+  Saves are asynchronous (arrays are copied to host before `save` returns, so the caller may
+  donate them) and collective: every process calls `save`/`restore`. Each save goes to a temporary
+  directory renamed when complete, so a killed write never hides the previous checkpoint.
+  """
+
+  def __init__(self, directory: str, *, save_every: int, keep: int, use_async: bool = True):
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=save_every, max_to_keep=keep, create=True,
+        enable_async_checkpointing=use_async,
+        cleanup_tmp_directories=True)  # drop leftovers of a write that was killed
+    self.directory = os.path.abspath(directory)
+    self._mngr = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'data': grain.checkpoint.CheckpointHandler()})
+
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def save(self, step: int, state: Any, data_iter: Any, *, force: bool = False) -> bool:
+    """Saves if `step` is on the interval (or `force`); returns whether a save started."""
+    return self._mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(data_iter))), force=force)
+
+  def restore(self, step: int, abstract_state: Any, data_iter: Any) -> Any:
+    """State at `step`, placed as `abstract_state` says (ShapeDtypeStructs with shardings); the
+    iterator is moved to where it was. Refuses a checkpoint of another model config by name."""
+    meta = self._mngr.item_metadata(step)['state']
+    where = f'{self.directory}/{step}'
+    check_compatible(meta['params'], abstract_state['params'], where)
+    restored = self._mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(data_iter)))
+    return restored['state']
+
+  def restore_params(self, step: int) -> dict:
+    """Only the parameters of `step`, as host numpy arrays (stage 2 reads the encoder from them)."""
+    path = os.path.join(self.directory, str(step), 'state')
+    with ocp.PyTreeCheckpointer() as ckptr:
+      meta = ckptr.metadata(path).item_metadata
+      restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta.tree)
+      restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    return restored['params']
+
+  def wait(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()
+
+
+class Preemption:
+  """Has a preemption notice (SIGTERM) arrived? Checked once per step by every process.
+
+  One process: our own SIGTERM handler sets a flag, and the program saves at the step it is on.
+  Several: JAX's distributed runtime catches SIGTERM on any host and all hosts agree on the step
+  to save at (`reached_preemption_sync_point`), so the checkpoint stays collective.
+  """
+
+  def __init__(self):
+    self._flag = False
+    self._previous = None
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame) -> None:
+    del signum, frame
+    self._flag = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._flag
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None

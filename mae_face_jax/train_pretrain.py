@@ -1,0 +1,236 @@
+"""Stage 1: MAE pretraining of the face encoder. Sharded (data × FSDP), multi-host, resumable.
+
+`train_and_evaluate(config, workdir)` reads top to bottom: devices and mesh → data → model and
+optimizer built straight into their shardings → resume → loop (step, log, grid, checkpoint,
+preemption) → final checkpoint. The encoder for stage 2 is the `params` of the last checkpoint in
+`workdir/checkpoints` (`load_pretrained_params`).
+
+The train state is a plain dict of arrays, which is also exactly what a checkpoint holds:
+  step       int32, micro-steps done (batches consumed)
+  params     the MAE's trainable parameters (nested dict, as `nnx.State.to_pure_dict`)
+  opt_state  optax state, sharded like the parameters it mirrors
+  rng        uint32 key data; step s draws its mask noise and drop path from fold_in(rng, s)
+Fixed position tables (and drop path's RNG slots) live outside it, in `fixed`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+
+from mae_face_jax import checkpointing, observe, optim, pretrain_data, sharding
+from mae_face_jax.models.build import build_mae
+
+State = dict[str, Any]
+
+
+def total_steps(config: Any, examples_per_epoch: int | None) -> int:
+  """`config.total_steps` if set (> 0), else `num_epochs` over the data at the global batch."""
+  if config.get('total_steps', -1) > 0:
+    return int(config.total_steps)
+  if not examples_per_epoch:
+    raise ValueError('set config.total_steps: the data source has no epoch length')
+  return int(config.num_epochs * examples_per_epoch // config.batch_size)
+
+
+def warmup_steps(config: Any, examples_per_epoch: int | None) -> int:
+  if config.get('warmup_steps', -1) >= 0:
+    return int(config.warmup_steps)
+  return int(config.warmup_epochs * (examples_per_epoch or 0) // config.batch_size)
+
+
+def abstract_model(config: Any) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+  """Graph, parameter and fixed-variable shapes (with their metadata), without allocating."""
+  model = nnx.eval_shape(lambda: build_mae(config.model, nnx.Rngs(config.seed)))
+  return nnx.split(model, nnx.Param, ...)
+
+
+def create_train_state(config: Any, mesh: Mesh, tx: optax.GradientTransformation
+                       ) -> tuple[nnx.GraphDef, State, Any, State, Any]:
+  """Initialises the model and optimizer directly in their shardings (no full copy on any host).
+
+  Returns (graphdef, state, state shardings, fixed variables, fixed shardings).
+  """
+  graphdef, params, fixed = abstract_model(config)
+  param_shardings = sharding.variable_shardings(params, mesh)
+  abstract_opt = jax.eval_shape(tx.init, params.to_pure_dict())
+  replicated = sharding.replicated(mesh)
+  state_shardings = {
+      'step': replicated,
+      'params': param_shardings,
+      'opt_state': sharding.opt_state_shardings(tx, abstract_opt, param_shardings, mesh),
+      'rng': replicated,
+  }
+  fixed_shardings = jax.tree.map(
+      lambda v: NamedSharding(mesh, sharding.logical_to_spec(
+          v.get_metadata().get('logical_axes'), np.shape(v.get_value()), mesh)),
+      fixed, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+  def init() -> tuple[State, nnx.State]:
+    model = build_mae(config.model, nnx.Rngs(config.seed))
+    _, p, f = nnx.split(model, nnx.Param, ...)
+    p = p.to_pure_dict()
+    rng = jax.random.key_data(jax.random.key(config.seed + 1))
+    return {'step': jnp.zeros((), jnp.int32), 'params': p, 'opt_state': tx.init(p),
+            'rng': rng}, f
+
+  state, fixed = jax.jit(init, out_shardings=(state_shardings, fixed_shardings))()
+  return graphdef, state, state_shardings, fixed, fixed_shardings
+
+
+def _step_keys(state: State) -> tuple[jax.Array, jax.Array]:
+  key = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
+  noise_key, drop_key = jax.random.split(key)
+  return noise_key, drop_key
+
+
+def _merge(graphdef: nnx.GraphDef, params: Any, fixed: nnx.State,
+           drop_key: jax.Array | None) -> nnx.Module:
+  """The model with these parameters; drop path seeded by `drop_key`, or off when it is None."""
+  model = nnx.merge(graphdef, params, fixed)
+  if drop_key is None:
+    model.eval()
+  else:
+    nnx.reseed(model, default=drop_key)
+  return model
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, num_patches: int,
+                    state_shardings: Any, fixed_shardings: Any, mesh: Mesh) -> Callable:
+  """One jitted step: mask noise from the step's key, loss and grads, an optimizer update.
+
+  Explicit in/out shardings; the state is donated (updated in place in device memory).
+  """
+  batch_shardings = {'image': sharding.batch_sharding(mesh, 4)}
+
+  def train_step(state: State, fixed: nnx.State, batch: dict[str, jax.Array]):
+    images = batch['image']
+    noise_key, drop_key = _step_keys(state)
+    noise = jax.random.uniform(noise_key, (images.shape[0], num_patches))
+    noise = jax.lax.with_sharding_constraint(noise, sharding.batch_sharding(mesh, 2))
+
+    model = _merge(graphdef, state['params'], fixed, drop_key)
+    loss, grads = nnx.value_and_grad(lambda m: m(images, noise).loss)(model)
+    grads = grads.to_pure_dict()  # same tree as state['params']
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    new_state = {'step': state['step'] + 1,
+                 'params': optax.apply_updates(state['params'], updates),
+                 'opt_state': opt_state, 'rng': state['rng']}
+    return new_state, {'loss': loss, 'grad_norm': optax.global_norm(grads)}
+
+  return jax.jit(train_step, donate_argnums=(0,),
+                 in_shardings=(state_shardings, fixed_shardings, batch_shardings),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)))
+
+
+def make_vis_step(graphdef: nnx.GraphDef, num_patches: int, mesh: Mesh) -> Callable:
+  """Loss and reconstruction of a small replicated batch with fixed noise (same mask every time)."""
+  def vis_step(params: Any, fixed: nnx.State, images: jax.Array, key: jax.Array):
+    noise = jax.random.uniform(key, (images.shape[0], num_patches))
+    out = _merge(graphdef, params, fixed, None)(images, noise)
+    return out.loss, out.pred, out.mask
+  return jax.jit(vis_step, out_shardings=sharding.replicated(mesh))
+
+
+def load_pretrained_params(workdir: str, step: int | None = None) -> tuple[dict, int]:
+  """The MAE parameters (encoder + decoder) of a pretraining workdir's latest (or given) checkpoint,
+  as host numpy arrays: what stage 2 imports. Returns (params, step)."""
+  ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, 'checkpoints'), save_every=1, keep=1)
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'{workdir}/checkpoints: no checkpoint')
+  params = ckpt.restore_params(step)
+  ckpt.close()
+  return params, step
+
+
+def train_and_evaluate(config: Any, workdir: str) -> State:
+  """Pretrains per `config` in `workdir`, resuming from the latest checkpoint there. Returns the
+  final train state."""
+  sharding.initialize_distributed(config.get('distributed'))
+  workdir = os.path.abspath(workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  logging.info('process %d/%d, %d devices, mesh %s', jax.process_index(), jax.process_count(),
+               jax.device_count(), dict(mesh.shape))
+  if config.batch_size % mesh.size:
+    raise ValueError(f'batch_size {config.batch_size} is not divisible by {mesh.size} devices')
+
+  # Data: this host's rows of every global batch.
+  data_iter, epoch_len = pretrain_data.pretrain_iterator(config, workdir)
+  num_steps = total_steps(config, epoch_len)
+  accum = int(config.get('grad_accum_steps', 1))
+
+  # Model and optimizer, built straight into their shardings.
+  config.warmup_steps = warmup_steps(config, epoch_len)
+  _, abstract_params, _ = abstract_model(config)
+  tx, schedule = optim.make_optimizer(config, abstract_params.to_pure_dict(),
+                                      total_updates=max(num_steps // accum, 1))
+  graphdef, state, state_shardings, fixed, fixed_shardings = create_train_state(config, mesh, tx)
+  num_patches = (config.model.img_size // config.model.patch_size) ** 2
+
+  # Resume if this workdir holds a checkpoint (a checkpoint of another config is refused).
+  ckpt = checkpointing.TrainCheckpointer(
+      os.path.join(workdir, 'checkpoints'), save_every=config.checkpoint_every,
+      keep=config.keep_checkpoints, use_async=config.get('async_checkpoints', True))
+  if (latest := ckpt.latest_step()) is not None:
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            state, state_shardings)
+    state = ckpt.restore(latest, abstract, data_iter)
+    logging.info('resumed from %s/checkpoints/%d', workdir, latest)
+  step = int(state['step'])
+
+  train_step = make_train_step(graphdef, tx, num_patches, state_shardings, fixed_shardings, mesh)
+  vis_step = make_vis_step(graphdef, num_patches, mesh)
+  writer = observe.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+  progress = observe.Progress(num_steps, config.batch_size, first_step=step)
+  preemption = checkpointing.Preemption()
+  vis_images, vis_key = None, jax.random.key(config.seed + 2)
+  pending: list[dict[str, jax.Array]] = []
+
+  while step < num_steps:
+    local_batch = next(data_iter)
+    if vis_images is None:  # a few images of the first batch, the same on every host
+      vis_images = multihost_utils.broadcast_one_to_all(local_batch['image'][:8])
+    state, metrics = train_step(state, fixed, sharding.global_batch(local_batch, mesh))
+    pending.append(metrics)
+    step += 1
+
+    if step % config.log_every == 0 or step == num_steps:
+      host = jax.device_get(pending)
+      pending = []
+      scalars = {'loss': float(np.mean([m['loss'] for m in host])),
+                 'grad_norm': float(np.mean([m['grad_norm'] for m in host])),
+                 'lr': float(schedule(max(step - 1, 0) // accum))}
+      rates = progress.update(step, scalars)
+      writer.scalars(step, {f'train/{k}': v for k, v in (scalars | rates).items()})
+
+    if step % config.eval_every == 0 or step == num_steps:
+      loss, pred, mask = vis_step(state['params'], fixed, jnp.asarray(vis_images), vis_key)
+      writer.scalars(step, {'vis/loss_fixed_batch': float(loss)})
+      writer.image(step, 'vis/original|masked|reconstruction', observe.reconstruction_grid(
+          vis_images, np.asarray(pred), np.asarray(mask), config.model.patch_size,
+          config.model.norm_pix_loss))
+      writer.flush()
+
+    if preemption.reached(step):
+      logging.warning('preemption notice: saving step %d and stopping', step)
+      ckpt.save(step, state, data_iter, force=True)
+      break
+    if step % config.checkpoint_every == 0 or step == num_steps:
+      ckpt.save(step, state, data_iter, force=True)
+
+  ckpt.close()  # waits for the last async write
+  writer.close()
+  preemption.close()
+  logging.info('done at step %d of %d', step, num_steps)
+  return state
