@@ -8,8 +8,9 @@ and restore it exactly (the state is JSON-serialisable; it also carries the skip
 
 Order of operations: source -> per-host shard (jax.process_index() of jax.process_count(), or
 ``shard=(index, count)``) -> seeded shuffle (or class-balanced sampling) -> repeat -> decode (OpenCV) ->
-region view -> augmentation -> [worker processes] -> drop + count unreadable images -> batch ->
-normalise to float32.
+region view -> augmentation -> drop unreadable images -> batch + float32 normalisation -> count and
+report the unreadable images (``skips``). With ``num_workers`` training modes run everything up to the
+batch in worker processes (each batches its own records); eval modes move records, keeping order.
 
 Batch layout (B = batch_size, S = image_size), all numpy:
     'image'         float32 (B, S, S, 3)  RGB, ImageNet mean/std normalised
@@ -54,7 +55,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from input_pipeline import regions, transforms as T
+from input_pipeline import regions, skips, transforms as T
 
 log = logging.getLogger(__name__)
 Shard = tuple[int, int]
@@ -120,7 +121,9 @@ def _ordered_source(source: Any, shard: Shard | None, contiguous: bool) -> grain
 
 
 def _training_order(source: Any, shard: Shard | None, seed: int, num_epochs: int | None,
-                    class_balanced: bool = False, balance_power: float = 1.0) -> grain.MapDataset:
+                    class_balanced: bool = False, balance_power: float = 1.0
+                    ) -> tuple[grain.MapDataset, int]:
+  """This host's records, shuffled (or class-balanced draws) and repeated; and the epoch length."""
   ds = _ordered_source(source, shard, contiguous=False)
   epoch_len = len(ds)
   if class_balanced:
@@ -134,7 +137,13 @@ def _training_order(source: Any, shard: Shard | None, seed: int, num_epochs: int
     ds = picks.map(_Lookup(ds))
   else:
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
-  return ds.map_with_index(_AddEpoch(epoch_len))
+  return ds.map_with_index(_AddEpoch(epoch_len)), epoch_len
+
+
+def _eval_order(source: Any, shard: Shard | None) -> tuple[grain.MapDataset, int]:
+  """This host's contiguous block of records in source order (one epoch); and its length."""
+  ds = _ordered_source(source, shard, contiguous=True)
+  return ds.map_with_index(_AddEpoch(len(ds))), len(ds)
 
 
 class _RegionFromDisk(grain.transforms.Map):
@@ -155,95 +164,37 @@ class _RegionFromDisk(grain.transforms.Map):
     return {**record, 'region_image': image}
 
 
-class _DropSkippedIterator(grain.DatasetIterator):
-  """Drops unreadable-image markers, logging each path once and each epoch's count at its end."""
-
-  def __init__(self, parent: grain.DatasetIterator):
-    super().__init__(parent)
-    self._epoch, self._epoch_skipped, self._total = 0, 0, 0
-    self._logged: set[str] = set()
-
-  def _end_epoch(self) -> None:
-    if self._epoch_skipped:
-      log.warning('epoch %d: %d unreadable images skipped', self._epoch, self._epoch_skipped)
-    else:
-      log.info('epoch %d: no unreadable images', self._epoch)
-
-  def _see(self, epoch: int) -> None:
-    if epoch != self._epoch:
-      self._end_epoch()
-      self._epoch, self._epoch_skipped = epoch, 0
-
-  def __next__(self) -> dict:
-    while True:
-      try:
-        element = next(self._parent)
-      except StopIteration:
-        self._end_epoch()
-        raise
-      self._see(int(element.get('epoch', self._epoch)))
-      if T.SKIPPED not in element:
-        element = dict(element)
-        element.pop('epoch', None)
-        return element
-      self._epoch_skipped += 1
-      self._total += 1
-      path = element[T.SKIPPED]
-      if path not in self._logged:
-        self._logged.add(path)
-        log.warning('unreadable image skipped: %s', path)
-
-  def get_state(self) -> dict:
-    return {'parent': self._parent.get_state(), 'epoch': self._epoch,
-            'epoch_skipped': self._epoch_skipped, 'skipped_total': self._total}
-
-  def set_state(self, state: dict) -> None:
-    self._parent.set_state(state['parent'])
-    self._epoch, self._epoch_skipped = int(state['epoch']), int(state['epoch_skipped'])
-    self._total = int(state['skipped_total'])
-
-
-class _DropSkipped(grain.IterDataset):
-  def __iter__(self) -> _DropSkippedIterator:
-    return _DropSkippedIterator(self._parent.__iter__())
-
-
-class _PadBatch(grain.transforms.Map):
-  """Pads a short last batch to batch_size (zeros) and adds 'mask' (1 real, 0 padding)."""
-
-  def __init__(self, batch_size: int):
-    self.batch_size = batch_size
-
-  def map(self, batch: dict) -> dict:
-    n = len(next(iter(batch.values())))
-    out = {k: np.concatenate([v, np.zeros((self.batch_size - n,) + v.shape[1:], v.dtype)])
-           if n < self.batch_size else v for k, v in batch.items()}
-    out['mask'] = (np.arange(self.batch_size) < n).astype(np.float32)
-    return out
-
-
 def _worker_init(worker_index: int, worker_count: int) -> None:
   import cv2  # pylint: disable=g-import-not-at-top
   cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
 
 
 def _finish(ds: grain.MapDataset, keys: Sequence[str], batch_size: int, num_workers: int,
-            num_threads: int, pad: bool = False) -> grain.IterDataset:
-  """Per-record stages done; add workers, skip counting, batching and normalisation."""
-  ds = ds.map(T.SelectKeys(tuple(keys) + ('epoch',)))
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=256))
-  if num_workers > 0:
-    from absl import flags  # pylint: disable=g-import-not-at-top
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags; a library caller may not have any
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
-                                                     per_worker_buffer_size=2),
+            num_threads: int, epoch_len: int, ordered: bool = False) -> grain.IterDataset:
+  """Per-record stages done: add workers, skip accounting, batching (+ normalisation).
+
+  Training (not ``ordered``): each worker process batches its own records, so whole batches cross
+  process boundaries rather than single images. Evaluation (``ordered``): workers hand over records,
+  which keeps the global video/frame order, and the last batch is padded.
+  """
+  it = ds.map(T.SelectKeys(tuple(keys) + ('epoch',))).to_iter_dataset(
+      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2 * batch_size, 16)))
+  if ordered:
+    it = _workers(it, num_workers)
+  it = skips.CarrySkips(it).batch(batch_size, batch_fn=T.Collate())
+  if not ordered:
+    it = _workers(it, num_workers)
+  return skips.ReportSkips(it, epoch_len, batch_size, pad=ordered)
+
+
+def _workers(it: grain.IterDataset, num_workers: int) -> grain.IterDataset:
+  if num_workers <= 0:
+    return it
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags; a library caller may have none
+  return it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2),
                         worker_init_fn=_worker_init)
-  it = _DropSkipped(it)
-  it = it.batch(batch_size, drop_remainder=not pad)
-  if pad:
-    it = it.map(_PadBatch(batch_size))
-  return it.map(T.NormalizeBatch())
 
 
 def _check_view(view: str) -> None:
@@ -256,10 +207,11 @@ def pretrain_dataset(source: Any, *, batch_size: int, image_size: int = 224, see
                      shard: Shard | None = None, num_workers: int = 0, num_threads: int = 2
                      ) -> grain.IterDataset:
   """Unlabeled frames, MAE augmentation: RandomResizedCrop (bicubic) + horizontal flip."""
-  ds = _training_order(source, shard, seed, num_epochs).map(T.Decode())
+  ds, epoch_len = _training_order(source, shard, seed, num_epochs)
+  ds = ds.map(T.Decode())
   ds = ds.random_map(T.RandomResizedCrop(image_size, scale), seed=seed)
   ds = ds.random_map(T.RandomFlip(), seed=seed + 1)
-  return _finish(ds, ('image',), batch_size, num_workers, num_threads)
+  return _finish(ds, ('image',), batch_size, num_workers, num_threads, epoch_len)
 
 
 def finetune_dataset(source: Any, *, batch_size: int, image_size: int = 224, seed: int = 0,
@@ -276,7 +228,7 @@ def finetune_dataset(source: Any, *, batch_size: int, image_size: int = 224, see
   likely) instead of shuffling. ``rand_augment`` is (num_ops, magnitude, magnitude_std) or None.
   """
   _check_view(view)
-  ds = _training_order(source, shard, seed, num_epochs, class_balanced, balance_power)
+  ds, epoch_len = _training_order(source, shard, seed, num_epochs, class_balanced, balance_power)
   ds = ds.map(T.Decode())
   if view != 'face':
     ds = ds.map(T.RegionView(view, region_fill, region_margin))
@@ -287,7 +239,7 @@ def finetune_dataset(source: Any, *, batch_size: int, image_size: int = 224, see
     ds = ds.random_map(T.RandAugment(num_ops, magnitude, magnitude_std), seed=seed + 2)
   if erase_prob > 0:
     ds = ds.random_map(T.RandomErasing(erase_prob), seed=seed + 3)
-  return _finish(ds, ('image', 'label'), batch_size, num_workers, num_threads)
+  return _finish(ds, ('image', 'label'), batch_size, num_workers, num_threads, epoch_len)
 
 
 def eval_dataset(source: Any, *, batch_size: int, image_size: int = 224, crop_pct: float = 0.875,
@@ -296,13 +248,13 @@ def eval_dataset(source: Any, *, batch_size: int, image_size: int = 224, crop_pc
                  num_threads: int = 2) -> grain.IterDataset:
   """One deterministic pass in source order (video, frame); resize + centre crop; padded last batch."""
   _check_view(view)
-  ds = _ordered_source(source, shard, contiguous=True).map_with_index(_AddEpoch(len(source)))
+  ds, epoch_len = _eval_order(source, shard)
   ds = ds.map(T.Decode())
   if view != 'face':
     ds = ds.map(T.RegionView(view, region_fill, region_margin))
   ds = ds.map(T.ResizeCenterCrop(image_size, crop_pct))
   return _finish(ds, ('image', 'label', 'video', 'frame'), batch_size, num_workers, num_threads,
-                 pad=True)
+                 epoch_len, ordered=True)
 
 
 def paired_dataset(source: Any, *, batch_size: int, image_size: int = 224,
@@ -319,9 +271,9 @@ def paired_dataset(source: Any, *, batch_size: int, image_size: int = 224,
   """
   _check_view(variant)
   if train:
-    ds = _training_order(source, shard, seed, num_epochs)
+    ds, epoch_len = _training_order(source, shard, seed, num_epochs)
   else:
-    ds = _ordered_source(source, shard, contiguous=True).map_with_index(_AddEpoch(len(source)))
+    ds, epoch_len = _eval_order(source, shard)
   ds = ds.map(T.Decode())
   if region_images_dir:
     ds = ds.map(_RegionFromDisk(region_images_dir))
@@ -333,4 +285,4 @@ def paired_dataset(source: Any, *, batch_size: int, image_size: int = 224,
   else:
     ds = ds.map(T.ResizeCenterCrop(image_size, crop_pct))
   keys = ('image', 'region_image', 'label', 'video', 'frame')
-  return _finish(ds, keys, batch_size, num_workers, num_threads, pad=not train)
+  return _finish(ds, keys, batch_size, num_workers, num_threads, epoch_len, ordered=not train)
