@@ -7,7 +7,7 @@ preemption) → final checkpoint. The encoder for stage 2 is the `params` of the
 
 The train state is a plain dict of arrays, which is also exactly what a checkpoint holds:
   step       int32, micro-steps done (batches consumed)
-  params     the MAE's trainable parameters (nested dict, as `nnx.State.to_pure_dict`)
+  params     the MAE's trainable parameters (nested dict, as `nnx.to_pure_dict`)
   opt_state  optax state, sharded like the parameters it mirrors
   rng        uint32 key data; step s draws its mask noise and drop path from fold_in(rng, s)
 Fixed position tables (and drop path's RNG slots) live outside it, in `fixed`.
@@ -63,7 +63,7 @@ def create_train_state(config: Any, mesh: Mesh, tx: optax.GradientTransformation
   """
   graphdef, params, fixed = abstract_model(config)
   param_shardings = sharding.variable_shardings(params, mesh)
-  abstract_opt = jax.eval_shape(tx.init, params.to_pure_dict())
+  abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(params))
   replicated = sharding.replicated(mesh)
   state_shardings = {
       'step': replicated,
@@ -79,7 +79,7 @@ def create_train_state(config: Any, mesh: Mesh, tx: optax.GradientTransformation
   def init() -> tuple[State, nnx.State]:
     model = build_mae(config.model, nnx.Rngs(config.seed))
     _, p, f = nnx.split(model, nnx.Param, ...)
-    p = p.to_pure_dict()
+    p = nnx.to_pure_dict(p)
     rng = jax.random.key_data(jax.random.key(config.seed + 1))
     return {'step': jnp.zeros((), jnp.int32), 'params': p, 'opt_state': tx.init(p),
             'rng': rng}, f
@@ -121,12 +121,12 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, nu
 
     model = _merge(graphdef, state['params'], fixed, drop_key)
     loss, grads = nnx.value_and_grad(lambda m: m(images, noise).loss)(model)
-    grads = grads.to_pure_dict()  # same tree as state['params']
+    grads = nnx.to_pure_dict(grads)  # same tree as state['params']
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     new_state = {'step': state['step'] + 1,
                  'params': optax.apply_updates(state['params'], updates),
                  'opt_state': opt_state, 'rng': state['rng']}
-    return new_state, {'loss': loss, 'grad_norm': optax.global_norm(grads)}
+    return new_state, {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
 
   return jax.jit(train_step, donate_argnums=(0,),
                  in_shardings=(state_shardings, fixed_shardings, batch_shardings),
@@ -173,7 +173,7 @@ def train_and_evaluate(config: Any, workdir: str) -> State:
   # Model and optimizer, built straight into their shardings.
   config.warmup_steps = warmup_steps(config, epoch_len)
   _, abstract_params, _ = abstract_model(config)
-  tx, schedule = optim.make_optimizer(config, abstract_params.to_pure_dict(),
+  tx, schedule = optim.make_optimizer(config, nnx.to_pure_dict(abstract_params),
                                       total_updates=max(num_steps // accum, 1))
   graphdef, state, state_shardings, fixed, fixed_shardings = create_train_state(config, mesh, tx)
   num_patches = (config.model.img_size // config.model.patch_size) ** 2
