@@ -80,3 +80,18 @@ def make_optimizer(config: Any, params: Any, total_updates: int,
 def optim_config_defaults() -> Mapping[str, float]:
   """MAE pretraining's AdamW settings (configs copy these into `config.optim`)."""
   return dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, grad_clip_norm=0.0)
+
+
+def layer_id(names: tuple[str, ...], depth: int) -> int:
+  """MAE's `get_layer_id_for_vit`: cls/pos/patch embedding → 0, block i → i + 1, the rest → depth + 1."""
+  if names[0] in ('cls_token', 'pos_embed', 'patch_embed'):
+    return 0
+  if names[0] == 'blocks':
+    return int(names[1]) + 1
+  return depth + 1
+
+
+def layer_decay_scales(params: Any, depth: int, decay: float) -> Any:
+  """Per-parameter lr multipliers of layer-wise lr decay: decay^(depth + 1 - layer_id)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: decay ** (depth + 1 - layer_id(_path_names(path), depth)), params)
