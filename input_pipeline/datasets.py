@@ -22,24 +22,26 @@ Batch layout (B = batch_size, S = image_size), all numpy:
 
 Signatures (keyword-only after ``source``):
     pretrain_dataset(source, *, batch_size, image_size=224, seed=0, num_epochs=None,
-                     scale=(0.2, 1.0), shard=None, num_workers=0, num_threads=2)
+                     scale=(0.2, 1.0), shard=None, num_workers=0, num_threads=0)
         keys image. MAE recipe: RandomResizedCrop bicubic + flip.
     finetune_dataset(source, *, batch_size, image_size=224, seed=0, num_epochs=None, view='face',
                      region_fill=0, region_margin=0.1, scale=(0.08, 1.0), rand_augment=(2, 9.0, 0.5),
                      erase_prob=0.25, class_balanced=False, balance_power=1.0, shard=None,
-                     num_workers=0, num_threads=2)
+                     num_workers=0, num_threads=0)
         keys image, label. view 'face' or a region variant synthesised on the fly.
     eval_dataset(source, *, batch_size, image_size=224, crop_pct=0.875, view='face', region_fill=0,
-                 region_margin=0.1, shard=None, num_workers=0, num_threads=2)
+                 region_margin=0.1, shard=None, num_workers=0, num_threads=0)
         keys image, label, video, frame, mask; one pass, ordered by video then frame, last batch padded.
     paired_dataset(source, *, batch_size, image_size=224, variant='eyes_mouth', train=False, seed=0,
                    num_epochs=None, region_fill=0, region_margin=0.1, region_images_dir=None,
-                   scale=(0.08, 1.0), shard=None, num_workers=0, num_threads=2)
+                   scale=(0.08, 1.0), shard=None, num_workers=0, num_threads=0)
         keys image, region_image, label, video, frame (+ mask when not train). Both views get the same
         geometric augmentation. ``region_images_dir`` reads a written view (``cropped_aligned_<variant>``)
         instead of synthesising it.
 
 ``num_epochs=None`` repeats forever (training loops count steps); each epoch is reshuffled.
+``num_threads`` are grain reader threads in the consuming process (0: records are made on demand;
+measured on 2 cores, threads cost more per record than they overlap, because the work is GIL-bound).
 ``num_workers > 0`` adds grain ``mp_prefetch`` worker processes: the caller needs an
 ``if __name__ == '__main__'`` guard (workers are spawned) and absl flags parsed (``absl.app.run``; if
 they are not, this module marks them parsed).
@@ -181,10 +183,10 @@ def _finish(ds: grain.MapDataset, keys: Sequence[str], batch_size: int, num_work
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2 * batch_size, 16)))
   if ordered:
     it = _workers(it, num_workers)
-  it = skips.CarrySkips(it).batch(batch_size, batch_fn=T.Collate())
+  it = skips.CarrySkips(it).batch(batch_size, batch_fn=T.collate)
   if not ordered:
     it = _workers(it, num_workers)
-  return skips.ReportSkips(it, epoch_len, batch_size, pad=ordered)
+  return skips.ReportSkips(it, epoch_len, batch_size, pad=ordered).map(T.NormalizeBatch())
 
 
 def _workers(it: grain.IterDataset, num_workers: int) -> grain.IterDataset:
@@ -204,7 +206,7 @@ def _check_view(view: str) -> None:
 
 def pretrain_dataset(source: Any, *, batch_size: int, image_size: int = 224, seed: int = 0,
                      num_epochs: int | None = None, scale: tuple[float, float] = (0.2, 1.0),
-                     shard: Shard | None = None, num_workers: int = 0, num_threads: int = 2
+                     shard: Shard | None = None, num_workers: int = 0, num_threads: int = 0
                      ) -> grain.IterDataset:
   """Unlabeled frames, MAE augmentation: RandomResizedCrop (bicubic) + horizontal flip."""
   ds, epoch_len = _training_order(source, shard, seed, num_epochs)
@@ -221,7 +223,7 @@ def finetune_dataset(source: Any, *, batch_size: int, image_size: int = 224, see
                      rand_augment: tuple[int, float, float] | None = (2, 9.0, 0.5),
                      erase_prob: float = 0.25, class_balanced: bool = False,
                      balance_power: float = 1.0, shard: Shard | None = None, num_workers: int = 0,
-                     num_threads: int = 2) -> grain.IterDataset:
+                     num_threads: int = 0) -> grain.IterDataset:
   """Labelled frames of one view with the fine-tuning recipe's augmentation.
 
   ``class_balanced`` draws records with weight count(label)^-balance_power (1.0: classes equally
@@ -245,7 +247,7 @@ def finetune_dataset(source: Any, *, batch_size: int, image_size: int = 224, see
 def eval_dataset(source: Any, *, batch_size: int, image_size: int = 224, crop_pct: float = 0.875,
                  view: str = 'face', region_fill: int | Sequence[int] = 0,
                  region_margin: float = 0.1, shard: Shard | None = None, num_workers: int = 0,
-                 num_threads: int = 2) -> grain.IterDataset:
+                 num_threads: int = 0) -> grain.IterDataset:
   """One deterministic pass in source order (video, frame); resize + centre crop; padded last batch."""
   _check_view(view)
   ds, epoch_len = _eval_order(source, shard)
@@ -262,7 +264,7 @@ def paired_dataset(source: Any, *, batch_size: int, image_size: int = 224,
                    num_epochs: int | None = None, region_fill: int | Sequence[int] = 0,
                    region_margin: float = 0.1, region_images_dir: str | None = None,
                    scale: tuple[float, float] = (0.08, 1.0), crop_pct: float = 0.875,
-                   shard: Shard | None = None, num_workers: int = 0, num_threads: int = 2
+                   shard: Shard | None = None, num_workers: int = 0, num_threads: int = 0
                    ) -> grain.IterDataset:
   """Face and region view of the same frame, with identical crop/flip (train) or resize/crop (eval).
 
