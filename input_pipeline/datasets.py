@@ -96,6 +96,8 @@ class _BalancedPick(grain.transforms.RandomMap):
 
   def __init__(self, labels: np.ndarray, power: float):
     labels = np.asarray(labels)
+    if not (labels >= 0).any():
+      raise ValueError('class-balanced sampling needs labelled records; all labels are -1')
     counts = np.bincount(labels[labels >= 0], minlength=1)
     weights = np.where(labels >= 0, counts[np.maximum(labels, 0)].astype(np.float64) ** -power, 0)
     self.cdf = np.cumsum(weights) / weights.sum()

@@ -114,6 +114,24 @@ def test_paired_region_view_matches_synthesis(tmp_path):
                                                             region[~mask].shape), rtol=1e-5)
 
 
+def test_paired_region_view_read_from_disk(tmp_path):
+  from input_pipeline import regions
+  root = str(tmp_path)
+  d = os.path.join(root, abaw.IMAGES_DIR, 'v')
+  os.makedirs(d)
+  for k in (1, 2):
+    img = cv2.GaussianBlur(np.random.default_rng(k).integers(0, 255, (112, 112, 3), np.uint8), (9, 9), 3)
+    cv2.imwrite(os.path.join(d, f'{k:05d}.jpg'), img, [cv2.IMWRITE_JPEG_QUALITY, 100])
+  regions.write_region_views(root, 'eyes')
+  src = abaw.load_frames(root)
+  kw = dict(batch_size=2, image_size=112, crop_pct=1.0, shard=(0, 1), variant='eyes')
+  disk = next(iter(datasets.paired_dataset(src, region_images_dir='cropped_aligned_eyes', **kw)))
+  fly = next(iter(datasets.paired_dataset(src, **kw)))
+  np.testing.assert_array_equal(disk['image'], fly['image'])
+  assert np.abs(disk['region_image'] - fly['region_image']).mean() < 0.05  # JPEG re-encoding only
+  assert np.abs(disk['region_image'] - disk['image']).mean() > 0.3  # it is not the face again
+
+
 def finetune(source, seed=0, **kw):
   return datasets.finetune_dataset(source, batch_size=4, image_size=16, seed=seed, shard=(0, 1), **kw)
 
@@ -224,6 +242,9 @@ def test_bad_arguments(source):
     finetune(source, view='nose')
   with pytest.raises(ValueError, match='shard index'):
     datasets.eval_dataset(source, batch_size=2, shard=(2, 2))
+  with pytest.raises(ValueError, match='needs labelled records'):
+    datasets.finetune_dataset(abaw.load_frames(os.path.dirname(source.root)), batch_size=2,
+                              shard=(0, 1), class_balanced=True)
   with pytest.raises(ValueError, match='no records'):
     datasets.eval_dataset([], batch_size=2, shard=(0, 1))
 
