@@ -107,6 +107,9 @@ class TrainCheckpointer:
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return sorted(self._mngr.all_steps())
+
   def save(self, step: int, state: Any, data_iter: Any, *, force: bool = False) -> bool:
     """Saves if `step` is on the interval (or `force`); returns whether a save started."""
     return self._mngr.save(step, args=ocp.args.Composite(

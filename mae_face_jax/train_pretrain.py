@@ -146,9 +146,10 @@ def load_pretrained_params(workdir: str, step: int | None = None) -> tuple[dict,
   """The MAE parameters (encoder + decoder) of a pretraining workdir's latest (or given) checkpoint,
   as host numpy arrays: what stage 2 imports. Returns (params, step)."""
   ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, 'checkpoints'), save_every=1, keep=1)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'{workdir}/checkpoints: no checkpoint')
+  steps = ckpt.all_steps()
+  step = (steps[-1] if steps else None) if step is None else step
+  if step not in steps:
+    raise FileNotFoundError(f'{workdir}/checkpoints: no checkpoint of step {step} (has {steps})')
   params = ckpt.restore_params(step)
   ckpt.close()
   return params, step
