@@ -1,6 +1,15 @@
-"""Data pipeline of mae-face-jax: ABAW/Aff-Wild2 and image-folder readers, region synthesis,
-Grain pipelines yielding numpy batches, TFDS ArrayRecord builds, and the procedural demo dataset.
+"""Data pipeline of mae-face-jax: files on disk -> numpy batches. Imports no model code; only
+``datasets.host_shard`` touches jax (process index/count).
 
-Modules: abaw, folders, regions, transforms, datasets, tfds_build, demo_data (see their docstrings).
-Nothing here imports the models; only ``datasets.host_shard`` touches jax.
+Modules, one idea each (signatures in their docstrings):
+    abaw        ABAW/Aff-Wild2 layout: load_split, load_test_set, load_frames, read_annotation, CLASSES
+    folders     plain image folders: unlabeled_images, labeled_images
+    regions     region boxes (landmarks or aligned template) and synthesize_regions; CLI writing
+                <root>/cropped_aligned_<variant>/
+    transforms  grain transforms: Decode, RegionView, RandomResizedCrop, RandomFlip, RandAugment,
+                RandomErasing, ResizeCenterCrop, collate, NormalizeBatch
+    skips       unreadable images: dropped before batching, logged once, counted per epoch
+    datasets    pretrain_dataset, finetune_dataset, eval_dataset, paired_dataset -> grain.IterDataset
+    tfds_build  TFDS ArrayRecord builds and read-back as a grain source
+    demo_data   ensure_demo_data(root) -> root: the procedural demo face videos in the ABAW layout
 """

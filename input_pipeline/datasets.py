@@ -39,7 +39,8 @@ Signatures (keyword-only after ``source``):
         geometric augmentation. ``region_images_dir`` reads a written view (``cropped_aligned_<variant>``)
         instead of synthesising it.
 
-``num_epochs=None`` repeats forever (training loops count steps); each epoch is reshuffled.
+``num_epochs=None`` repeats forever (training loops count steps); each epoch is reshuffled. With a
+finite ``num_epochs``, training modes drop the short batch that ends the stream (one per worker).
 ``num_threads`` are grain reader threads in the consuming process (0: records are made on demand;
 measured on 2 cores, threads cost more per record than they overlap, because the work is GIL-bound).
 ``num_workers > 0`` adds grain ``mp_prefetch`` worker processes: the caller needs an
