@@ -61,11 +61,14 @@ def main(argv):
   if config.program == 'pretrain':
     from mae_face_jax import train_pretrain
     train_pretrain.train_and_evaluate(config, workdir)
+  elif config.program == 'finetune':
+    from mae_face_jax import train_finetune
+    train_finetune.train_and_evaluate(config, workdir)
   elif config.program == 'demo':
     from mae_face_jax import demo
     demo.run(config, workdir)
   else:
-    raise app.UsageError(f'config.program={config.program!r} is not one of pretrain, demo')
+    raise app.UsageError(f'config.program={config.program!r} is not one of pretrain, finetune, demo')
 
 
 if __name__ == '__main__':
