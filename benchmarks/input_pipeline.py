@@ -8,7 +8,8 @@ Both sides read each file from disk (page cache) and decode it; both use every c
 per core, OpenCV releases the GIL; pipeline: grain worker processes or reader threads).
 
     python benchmarks/input_pipeline.py [--data_dir /tmp/mae_face_demo] [--image_size 224]
-        [--batch_size 64] [--num_workers N (default: cores)] [--num_threads 0] [--seconds 20] [--view eyes_mouth]
+        [--batch_size 64] [--num_workers N (default: cores)] [--num_threads 0] [--seconds 20]
+        [--view eyes_mouth]
 """
 
 import os
@@ -33,40 +34,46 @@ _SECONDS = flags.DEFINE_float('seconds', 20.0, 'timed duration of each side')
 _VIEW = flags.DEFINE_string('view', 'eyes_mouth', "'face' or a region variant")
 
 
-def raw_decode_rate(paths: list[str], seconds: float, cores: int) -> float:
-  """Images/s of file read + cv2.imdecode on `cores` threads, cycling over the files."""
-  def work(chunk):
+class RawDecode:
+  """File read + cv2.imdecode of the same files on `cores` threads (OpenCV releases the GIL)."""
+
+  def __init__(self, paths: list[str], cores: int):
+    self.chunks = [paths[i:i + 64] for i in range(0, len(paths), 64)]
+    self.pool = futures.ThreadPoolExecutor(cores)
+    self.cores, self.next = cores, 0
+    list(self.pool.map(self._work, self.chunks[:cores]))  # warm-up
+
+  @staticmethod
+  def _work(chunk: list[str]) -> int:
     for p in chunk:
-      img = cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_COLOR)
-      assert img is not None
+      assert cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_COLOR) is not None
     return len(chunk)
-  chunks = [paths[i:i + 64] for i in range(0, len(paths), 64)]
-  with futures.ThreadPoolExecutor(cores) as pool:
-    list(pool.map(work, chunks[:cores]))  # warm-up
-    done, start, i = 0, time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-      batch = [chunks[(i + j) % len(chunks)] for j in range(4 * cores)]
-      i += len(batch)
-      done += sum(pool.map(work, batch))
-    return done / (time.perf_counter() - start)
 
-
-def pipeline_rate(ds, seconds: float, size: int) -> float:
-  """Images/s of a grain pipeline after a warm-up of 5 batches."""
-  it = iter(ds)
-  try:
-    for _ in range(5):  # warm-up: workers started, buffers filled
-      next(it)
+  def run(self, seconds: float) -> tuple[int, float]:
     done, start = 0, time.perf_counter()
-    for batch in it:  # a one-pass (eval) pipeline may end first
+    while time.perf_counter() - start < seconds:
+      work = [self.chunks[(self.next + j) % len(self.chunks)] for j in range(4 * self.cores)]
+      self.next += len(work)
+      done += sum(self.pool.map(self._work, work))
+    return done, time.perf_counter() - start
+
+
+class Pipeline:
+  """A running grain pipeline (workers started, 5 batches of warm-up)."""
+
+  def __init__(self, ds, size: int):
+    self.it, self.size = iter(ds), size
+    for _ in range(5):
+      next(self.it)
+
+  def run(self, seconds: float) -> tuple[int, float]:
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+      batch = next(self.it)  # endless: training pipelines repeat
       done += len(batch['label'])
-      if time.perf_counter() - start >= seconds:
-        break
-    assert batch['image'].shape == (_BATCH.value, size, size, 3)
+    assert batch['image'].shape == (_BATCH.value, self.size, self.size, 3)
     assert batch['image'].dtype == np.float32
-    return done / (time.perf_counter() - start)
-  finally:
-    it.close()
+    return done, time.perf_counter() - start
 
 
 def main(argv):
@@ -77,22 +84,42 @@ def main(argv):
   root = demo_data.ensure_demo_data(_DATA.value)
   source = abaw.load_split(root, 'Train_Set')
   paths = [source[i]['path'] for i in range(len(source))]
-  print(f'{len(paths)} frames of {root}, {cores} cores; pipeline: view={_VIEW.value}, '
-        f'image_size={_SIZE.value}, batch={_BATCH.value}, workers={workers}, threads={threads}')
-  raw = raw_decode_rate(paths, _SECONDS.value, cores)
-  print(f'raw cv2.imdecode (read + decode, {cores} threads): {raw:.0f} images/s')
-  common = dict(batch_size=_BATCH.value, shard=(0, 1), num_workers=workers, num_threads=threads)
-  pipe = pipeline_rate(datasets.finetune_dataset(source, image_size=_SIZE.value, seed=0,
-                                                 view=_VIEW.value, **common), _SECONDS.value, _SIZE.value)
-  print(f'fine-tuning pipeline: {pipe:.0f} images/s')
-  # Context: the same grain machinery with no augmentation at the files' own size (read, decode,
-  # batch, normalise), to separate framework cost from augmentation cost.
   native = datasets.T.read_image(source[0]).shape[0]
-  plain = pipeline_rate(datasets.eval_dataset(source, image_size=native, crop_pct=1.0, **common),
-                        _SECONDS.value / 2, native)
-  print(f'decode + batch only pipeline ({native}px, no augmentation): {plain:.0f} images/s, '
-        f'{plain / raw:.3f} of raw')
-  print(f'ratio = pipeline images/s / raw decode images/s = {pipe / raw:.3f}')
+  print(f'{len(paths)} frames of {root} ({native}px JPEGs), {cores} cores; pipeline: '
+        f'view={_VIEW.value}, image_size={_SIZE.value}, batch={_BATCH.value}, workers={workers}, '
+        f'threads={threads}; load average before: {os.getloadavg()[0]:.2f}')
+  common = dict(batch_size=_BATCH.value, shard=(0, 1), num_workers=workers, num_threads=threads, seed=0)
+  raw_side = RawDecode(paths, cores)
+
+  def timed_pipeline(ds, size: int, seconds: float) -> tuple[int, float]:
+    side = Pipeline(ds, size)  # one pipeline alive at a time: its workers never run beside others
+    try:
+      return side.run(seconds)
+    finally:
+      side.it.close()
+
+  # Raw decoding is timed before and after the pipeline, so slow drift in background load shows
+  # up on both sides of the ratio.
+  raw = [raw_side.run(_SECONDS.value / 2)]
+  pipe = timed_pipeline(datasets.finetune_dataset(source, image_size=_SIZE.value, view=_VIEW.value,
+                                                  **common), _SIZE.value, _SECONDS.value)
+  raw.append(raw_side.run(_SECONDS.value / 2))
+  # Context: the same machinery without augmentation at the files' own size (read, decode,
+  # batch, normalise), separating framework cost from augmentation cost.
+  plain = timed_pipeline(datasets.finetune_dataset(source, image_size=native, scale=(1.0, 1.0),
+                                                   rand_augment=None, erase_prob=0.0, **common),
+                         native, _SECONDS.value / 2)
+  rate = {'raw': sum(d for d, _ in raw) / sum(t for _, t in raw),
+          'pipeline': pipe[0] / pipe[1], 'plain': plain[0] / plain[1]}
+  print(f'raw decode before / after the pipeline: {raw[0][0] / raw[0][1]:.0f} / '
+        f'{raw[1][0] / raw[1][1]:.0f} images/s')
+  print(f'raw cv2.imdecode (read + decode, {cores} threads): {rate["raw"]:.0f} images/s')
+  print(f'fine-tuning pipeline (decode + {_VIEW.value} region + RandomResizedCrop {_SIZE.value} + '
+        f'flip + RandAugment + erasing + batch + normalise): {rate["pipeline"]:.0f} images/s')
+  print(f'decode + batch + normalise only ({native}px, no augmentation): {rate["plain"]:.0f} images/s '
+        f'({rate["plain"] / rate["raw"]:.3f} of raw)')
+  print(f'load average after: {os.getloadavg()[0]:.2f}')
+  print(f'ratio = pipeline images/s / raw decode images/s = {rate["pipeline"] / rate["raw"]:.3f}')
 
 
 if __name__ == '__main__':
