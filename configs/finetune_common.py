@@ -50,7 +50,8 @@ def finetune_config(view: str, size: str = 'base', img_size: int = 224) -> ml_co
   config.grad_accum_steps = 1
   config.num_epochs = 10.0
   config.warmup_epochs = 1.0
-  config.total_steps = -1
+  config.total_steps = -1       # > 0 overrides num_epochs (counts batches)
+  config.warmup_steps = -1      # >= 0 overrides warmup_epochs
   config.eval_every_steps = -1   # -1: every epoch
   config.base_lr = 5e-4
   config.min_lr = 1e-6

@@ -140,7 +140,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       int(config.num_epochs * steps_per_epoch))
   eval_every = int(config.get('eval_every_steps', -1))
   eval_every = eval_every if eval_every > 0 else steps_per_epoch
-  config.warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+  if config.warmup_steps < 0:
+    config.warmup_steps = int(config.warmup_epochs * steps_per_epoch)
 
   # Model (pretrained encoder, new head) and AdamW with layer-wise lr decay.
   build = lambda: build_vit(config.model, nnx.Rngs(config.seed))
