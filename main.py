@@ -64,13 +64,25 @@ def main(argv):
   elif config.program == 'finetune':
     from mae_face_jax import train_finetune
     train_finetune.train_and_evaluate(config, workdir)
+  elif config.program == 'fusion':
+    from mae_face_jax import train_fusion
+    train_fusion.train_and_evaluate(config, workdir)
   elif config.program == 'demo':
     from mae_face_jax import demo
     demo.run(config, workdir)
   else:
-    raise app.UsageError(f'config.program={config.program!r} is not one of pretrain, finetune, demo')
+    raise app.UsageError(f'config.program={config.program!r} is not one of pretrain, finetune, fusion, demo')
+
+
+class _QuietLibraries(logging.logging.Filter):
+  """Drops INFO lines of checkpointing/data libraries (one per file written) from the log."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= logging.WARNING or not any(
+        part in record.pathname for part in ('/orbax/', '/grain/', '/tensorflow_datasets/'))
 
 
 if __name__ == '__main__':
   logging.set_verbosity(logging.INFO)
+  logging.logging.getLogger('absl').addFilter(_QuietLibraries())
   app.run(main)

@@ -1,0 +1,64 @@
+"""The whole system on the embedded demo data, sized for a 2-core CPU: `python main.py`.
+
+Data generation → stage-1 MAE pretraining → fine-tuning of the face and eyes+mouth encoders from
+the stage-1 encoder → attention-fusion heads (four key generators) → smoothing → report.
+Each stage's config is a field here; each stage can also run alone with its own config file.
+"""
+
+import ml_collections
+
+from configs.finetune_common import finetune_config
+from configs.fusion import fusion_config
+from configs.pretrain_common import pretrain_config
+
+SIZE, IMG = 'tiny', 112
+ENCODER = dict(depth=6)  # ViT-Ti width (192, 3 heads) at half depth: minutes on two CPU cores
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.program = 'demo'
+  config.workdir = 'workdir/demo'  # used when --workdir is not given
+  config.data = ml_collections.ConfigDict(dict(source='demo', root='', demo_videos=40,
+                                               demo_frames=(200, 360)))
+
+  pre = pretrain_config(SIZE, IMG)
+  pre.model.update(ENCODER)
+  pre.data.update(config.data)
+  pre.batch_size = 64
+  pre.total_steps = 600
+  pre.warmup_steps = 40
+  pre.base_lr = 1.5e-4 * 8
+  pre.log_every = 50
+  pre.eval_every = 200
+  pre.checkpoint_every = 300
+  config.pretrain = pre
+
+  for name, view in (('finetune_face', 'face'), ('finetune_region', 'eyes_mouth')):
+    ft = finetune_config(view, SIZE, IMG)
+    ft.model.update(ENCODER)
+    ft.data.update(config.data)
+    ft.batch_size = 64
+    ft.eval_batch_size = 128
+    ft.num_epochs = 3.0
+    ft.warmup_epochs = 0.3
+    ft.base_lr = 1e-3
+    ft.layer_decay = 0.75
+    ft.log_every = 25
+    ft.checkpoint_every = 200
+    config[name] = ft
+
+  fu = fusion_config(SIZE, IMG)
+  fu.model.update(ENCODER)
+  fu.model.drop_path_rate = 0.0
+  fu.data.update(config.data)
+  fu.region_view = 'eyes_mouth'
+  fu.aux_blocks = 4                 # lower-level auxiliary features
+  fu.fusion.num_heads = 3
+  fu.cache_features = True          # the demo's tokens fit in memory
+  fu.batch_size = 128
+  fu.eval_batch_size = 256
+  fu.num_epochs = 4.0
+  fu.log_every = 50
+  config.fusion = fu
+  return config
