@@ -50,7 +50,6 @@ they are not, this module marks them parsed).
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -60,7 +59,6 @@ import numpy as np
 
 from input_pipeline import regions, skips, transforms as T
 
-log = logging.getLogger(__name__)
 Shard = tuple[int, int]
 
 

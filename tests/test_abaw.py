@@ -121,11 +121,11 @@ def test_landmark_files(tree):
   assert recs[('b_left', 1)]['landmarks'] == ''
   assert recs[('b_left', 2)]['landmarks'].endswith('b_left/00002.pts')
   np.testing.assert_array_equal(abaw.read_landmarks(recs[('b_left', 2)]['landmarks']), pts)
-  five = tmp = os.path.join(video, '00003.txt')
-  with open(tmp, 'w') as f:
+  five = os.path.join(video, '00003.txt')
+  with open(five, 'w') as f:
     f.write('1,2\n3,4\n5,6\n7,8\n9,10\n')
   assert abaw.read_landmarks(five).shape == (5, 2)
-  with open(tmp, 'w') as f:
+  with open(five, 'w') as f:
     f.write('1 2\n3 4\n')
   with pytest.raises(ValueError, match='5 or 68'):
-    abaw.read_landmarks(tmp)
+    abaw.read_landmarks(five)
