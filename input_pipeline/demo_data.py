@@ -248,9 +248,14 @@ def ensure_demo_data(root: str, num_videos: int = 40, frames: tuple[int, int] = 
   tmp = f'{root}.partial-{os.getpid()}-{time.time_ns()}'
   try:
     generate_demo_data(tmp, num_videos, frames, size, seed)
-    if os.path.isdir(root):
-      os.rmdir(root)  # empty, checked above
+    if os.path.isdir(root) and not os.listdir(root):
+      os.rmdir(root)  # an empty placeholder directory
     os.replace(tmp, root)
+  except OSError:
+    # Several processes (hosts of one machine) may generate at once: the first rename wins and
+    # the others find a complete dataset in place.
+    if not os.path.isfile(os.path.join(root, MARKER)):
+      raise
   finally:
     if os.path.isdir(tmp):
       shutil.rmtree(tmp)  # our own temporary directory only

@@ -66,6 +66,19 @@ def test_deterministic_and_not_regenerated(small, tmp_path):
   assert not [n for n in os.listdir(tmp_path) if '.partial-' in n]
 
 
+def test_concurrent_generation_keeps_the_first(tmp_path, monkeypatch):
+  root = str(tmp_path / 'shared')
+  real = demo_data.generate_demo_data
+
+  def racing(target, *args):  # another process completes `root` while this one is generating
+    real(root, *args)
+    real(target, *args)
+  monkeypatch.setattr(demo_data, 'generate_demo_data', racing)
+  assert demo_data.ensure_demo_data(root, **SMALL) == root
+  assert os.path.isfile(os.path.join(root, demo_data.MARKER))
+  assert os.listdir(tmp_path) == ['shared']  # this process's temporary copy is gone
+
+
 def test_labels_imbalanced_segmented_and_noisy():
   rng = np.random.default_rng(0)
   labels = np.concatenate([demo_data._video_script(300, rng)[1] for _ in range(40)])
