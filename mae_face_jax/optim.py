@@ -35,10 +35,13 @@ def peak_lr(config: Any) -> float:
   return config.base_lr * effective_batch / 256
 
 
-def lr_schedule(config: Any, total_updates: int) -> optax.Schedule:
-  """Linear warmup from 0, then half-cycle cosine down to `min_lr`; counted in optimizer updates."""
+def lr_schedule(config: Any, total_updates: int, warmup_updates: int | None = None
+                ) -> optax.Schedule:
+  """Linear warmup from 0, then half-cycle cosine down to `min_lr`; counted in optimizer updates
+  (`warmup_updates` defaults to `config.warmup_steps`)."""
   peak = peak_lr(config)
-  warmup = min(int(config.warmup_steps), total_updates)
+  warmup = config.warmup_steps if warmup_updates is None else warmup_updates
+  warmup = min(int(warmup), total_updates)
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak, warmup_steps=warmup,
       decay_steps=max(total_updates, warmup + 1), end_value=config.get('min_lr', 0.0))
@@ -52,15 +55,16 @@ def scale_by_tree(scales: Any) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
-def make_optimizer(config: Any, params: Any, total_updates: int,
-                   lr_scales: Any | None = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(config: Any, params: Any, total_updates: int, lr_scales: Any | None = None,
+                   warmup_updates: int | None = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW (b1, b2, weight decay from `config.optim`) with optional clipping and accumulation.
 
   `lr_scales`: optional tree like `params` of per-parameter lr multipliers (fine-tuning's layer decay).
   Returns the transformation and the schedule (for logging the lr).
   """
   opt = config.optim
-  schedule = lr_schedule(config, total_updates)
+  schedule = lr_schedule(config, total_updates, warmup_updates)
   chain = []
   if opt.get('grad_clip_norm', 0.0):
     chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))

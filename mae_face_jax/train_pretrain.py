@@ -171,11 +171,12 @@ def train_and_evaluate(config: Any, workdir: str) -> State:
   num_steps = total_steps(config, epoch_len)
   accum = int(config.get('grad_accum_steps', 1))
 
-  # Model and optimizer, built straight into their shardings.
-  config.warmup_steps = warmup_steps(config, epoch_len)
+  # Model and optimizer, built straight into their shardings. Steps count batches; the schedule
+  # counts optimizer updates (one per `accum` batches).
   _, abstract_params, _ = abstract_model(config)
-  tx, schedule = optim.make_optimizer(config, nnx.to_pure_dict(abstract_params),
-                                      total_updates=max(num_steps // accum, 1))
+  tx, schedule = optim.make_optimizer(
+      config, nnx.to_pure_dict(abstract_params), total_updates=max(num_steps // accum, 1),
+      warmup_updates=warmup_steps(config, epoch_len) // accum)
   graphdef, state, state_shardings, fixed, fixed_shardings = create_train_state(config, mesh, tx)
   num_patches = (config.model.img_size // config.model.patch_size) ** 2
 
@@ -198,10 +199,21 @@ def train_and_evaluate(config: Any, workdir: str) -> State:
   vis_images, vis_key = None, jax.random.key(config.seed + 2)
   pending: list[dict[str, jax.Array]] = []
 
+  def log_reconstructions(step: int) -> None:
+    """Loss on the fixed images with a fixed mask, and their original | masked | reconstruction."""
+    loss, pred, mask = vis_step(state['params'], fixed, jnp.asarray(vis_images), vis_key)
+    writer.scalars(step, {'vis/loss_fixed_batch': float(loss)})
+    writer.image(step, 'vis/original|masked|reconstruction', observe.reconstruction_grid(
+        vis_images, np.asarray(pred), np.asarray(mask), config.model.patch_size,
+        config.model.norm_pix_loss))
+    writer.flush()
+
   while step < num_steps:
     local_batch = next(data_iter)
     if vis_images is None:  # a few images of the first batch, the same on every host
       vis_images = multihost_utils.broadcast_one_to_all(local_batch['image'][:8])
+      if step == 0:
+        log_reconstructions(0)  # the untrained baseline
     state, metrics = train_step(state, fixed, sharding.global_batch(local_batch, mesh))
     pending.append(metrics)
     step += 1
@@ -216,12 +228,7 @@ def train_and_evaluate(config: Any, workdir: str) -> State:
       writer.scalars(step, {f'train/{k}': v for k, v in (scalars | rates).items()})
 
     if step % config.eval_every == 0 or step == num_steps:
-      loss, pred, mask = vis_step(state['params'], fixed, jnp.asarray(vis_images), vis_key)
-      writer.scalars(step, {'vis/loss_fixed_batch': float(loss)})
-      writer.image(step, 'vis/original|masked|reconstruction', observe.reconstruction_grid(
-          vis_images, np.asarray(pred), np.asarray(mask), config.model.patch_size,
-          config.model.norm_pix_loss))
-      writer.flush()
+      log_reconstructions(step)
 
     if preemption.reached(step):
       logging.warning('preemption notice: saving step %d and stopping', step)

@@ -49,7 +49,7 @@ def test_training_writes_loss_scalars_and_the_image_grid(tmp_path):
   assert [e.step for e in losses] == [1, 2, 3] and all(np.isfinite(e.value) for e in losses)
   assert {'train/lr', 'train/steps_per_s', 'train/images_per_s', 'vis/loss_fixed_batch'} <= set(
       acc.Tags()['scalars'])
-  (image,) = acc.Images('vis/original|masked|reconstruction')
-  assert image.step == 3
+  start, image = acc.Images('vis/original|masked|reconstruction')
+  assert (start.step, image.step) == (0, 3)  # the untrained baseline, then every eval_every
   assert (image.height, image.width) == (8 * 32, 3 * 32)
   assert image.encoded_image_string.startswith(b'\x89PNG')
