@@ -10,9 +10,10 @@ def get_config() -> ml_collections.ConfigDict:
   config = pretrain_config('base', img_size=224)
   config.model.dtype = 'bfloat16'
   config.model.param_dtype = 'float32'
-  # None = jax.nn.dot_product_attention picks (cuDNN flash attention on GPU when it applies, XLA
-  # elsewhere); set 'cudnn' to insist on the fused kernel, 'xla' for the portable one.
-  config.model.attention_impl = None
+  # 'auto': cuDNN flash attention on NVIDIA GPUs, XLA's attention on TPU (which fuses it itself);
+  # jax.nn.dot_product_attention's own default (None) is always XLA in this JAX version.
+  config.model.attention_impl = 'auto'
+
   config.data.num_workers = 8
   config.data.num_threads = 16
   return config

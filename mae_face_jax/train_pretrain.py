@@ -49,10 +49,21 @@ def warmup_steps(config: Any, examples_per_epoch: int | None) -> int:
   return int(config.warmup_epochs * (examples_per_epoch or 0) // config.batch_size)
 
 
+def attention_impl(config: Any) -> str | None:
+  """`config.model.attention_impl`, with 'auto' = cuDNN's fused kernel on NVIDIA GPUs, else XLA."""
+  impl = config.model.get('attention_impl')
+  if impl == 'auto':
+    return 'cudnn' if jax.default_backend() == 'gpu' else None
+  return impl
+
+
+def build_model(config: Any) -> nnx.Module:
+  return build_mae(config.model, nnx.Rngs(config.seed), attention_impl=attention_impl(config))
+
+
 def abstract_model(config: Any) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
   """Graph, parameter and fixed-variable shapes (with their metadata), without allocating."""
-  model = nnx.eval_shape(lambda: build_mae(config.model, nnx.Rngs(config.seed)))
-  return nnx.split(model, nnx.Param, ...)
+  return nnx.split(nnx.eval_shape(lambda: build_model(config)), nnx.Param, ...)
 
 
 def create_train_state(config: Any, mesh: Mesh, tx: optax.GradientTransformation
@@ -77,8 +88,7 @@ def create_train_state(config: Any, mesh: Mesh, tx: optax.GradientTransformation
       fixed, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
   def init() -> tuple[State, nnx.State]:
-    model = build_mae(config.model, nnx.Rngs(config.seed))
-    _, p, f = nnx.split(model, nnx.Param, ...)
+    _, p, f = nnx.split(build_model(config), nnx.Param, ...)
     p = nnx.to_pure_dict(p)
     rng = jax.random.key_data(jax.random.key(config.seed + 1))
     return {'step': jnp.zeros((), jnp.int32), 'params': p, 'opt_state': tx.init(p),

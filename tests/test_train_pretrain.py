@@ -5,8 +5,11 @@ import os
 import re
 import signal
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from input_pipeline import demo_data
 from mae_face_jax import checkpointing, train_pretrain
@@ -75,3 +78,24 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
   ckpt.close()
   stderr = open(workdir + '.stderr').read()
   assert f'preemption notice: saving step {stopped} and stopping' in stderr
+
+
+def test_bfloat16_compute_keeps_float32_master_state(tmp_path):
+  """The accelerator preset's numerics on CPU: bf16 activations, fp32 params and Adam moments."""
+  from configs.pretrain_base_accel import get_config as accel_config
+  from tests.pretrain_test_config import get_config
+  accel = accel_config()
+  assert accel.model.dtype == 'bfloat16' and accel.model.param_dtype == 'float32'
+  assert train_pretrain.attention_impl(accel) is None  # CPU: no fused kernel, XLA's attention
+  config = get_config()
+  config.model.dtype, config.model.attention_impl = 'bfloat16', 'auto'
+  config.total_steps = 2
+  state = train_pretrain.train_and_evaluate(config, str(tmp_path))
+  leaves = jax.tree.leaves((state['params'], state['opt_state']))
+  assert {str(x.dtype) for x in leaves if x.ndim} == {'float32'}
+  model = nnx.eval_shape(lambda: train_pretrain.build_model(config))
+  assert model.blocks[0].mlp.fc1.dtype == jnp.bfloat16  # matmuls run in bf16
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  acc = EventAccumulator(os.path.join(tmp_path, 'tensorboard'))
+  acc.Reload()
+  assert all(np.isfinite(e.value) for e in acc.Scalars('train/loss'))
