@@ -4,7 +4,8 @@ Each function takes a random-access ``source`` of frame records (``abaw.load_spl
 ``load_frames`` / ``load_test_set``, ``folders.*_images``, ``tfds_build.load_build``, or any sequence of
 dicts with 'path' or 'image_bytes', 'label', 'video', 'frame') and returns a ``grain.IterDataset``.
 ``it = iter(ds)`` yields dicts of numpy arrays; ``it.get_state()`` / ``it.set_state(state)`` checkpoint
-and restore it exactly (the state is JSON-serialisable; it also carries the skip counts).
+and restore it exactly (the state is JSON-serialisable; ``state['skipped_total']`` counts the
+unreadable images skipped so far).
 
 Order of operations: source -> per-host shard (jax.process_index() of jax.process_count(), or
 ``shard=(index, count)``) -> seeded shuffle (or class-balanced sampling) -> repeat -> decode (OpenCV) ->
@@ -34,9 +35,9 @@ Signatures (keyword-only after ``source``):
         keys image, label, video, frame, mask; one pass, ordered by video then frame, last batch padded.
     paired_dataset(source, *, batch_size, image_size=224, variant='eyes_mouth', train=False, seed=0,
                    num_epochs=None, region_fill=0, region_margin=0.1, region_images_dir=None,
-                   scale=(0.08, 1.0), shard=None, num_workers=0, num_threads=0)
+                   scale=(0.08, 1.0), crop_pct=0.875, shard=None, num_workers=0, num_threads=0)
         keys image, region_image, label, video, frame (+ mask when not train). Both views get the same
-        geometric augmentation. ``region_images_dir`` reads a written view (``cropped_aligned_<variant>``)
+        crop and flip (train) or resize and centre crop (eval). ``region_images_dir`` reads a written view (``cropped_aligned_<variant>``)
         instead of synthesising it.
 
 ``num_epochs=None`` repeats forever (training loops count steps); each epoch is reshuffled. With a
