@@ -37,8 +37,8 @@ Signatures (keyword-only after ``source``):
                    num_epochs=None, region_fill=0, region_margin=0.1, region_images_dir=None,
                    scale=(0.08, 1.0), crop_pct=0.875, shard=None, num_workers=0, num_threads=0)
         keys image, region_image, label, video, frame (+ mask when not train). Both views get the same
-        crop and flip (train) or resize and centre crop (eval). ``region_images_dir`` reads a written view (``cropped_aligned_<variant>``)
-        instead of synthesising it.
+        crop and flip (train) or resize and centre crop (eval). ``region_images_dir`` reads a written
+        view (``cropped_aligned_<variant>``) instead of synthesising it.
 
 ``num_epochs=None`` repeats forever (training loops count steps); each epoch is reshuffled. With a
 finite ``num_epochs``, training modes drop the short batch that ends the stream (one per worker).

@@ -103,21 +103,23 @@ def render_face(identity: dict, expression: np.ndarray, rng: np.random.Generator
   img = identity['background'].copy()
   skin = tuple(float(c) for c in identity['skin'])
   ax, ay = identity['face_axes']
-  cv2.ellipse(img, _pt(56, 44, s), _pt(ax + 4, ay * 0.7, s), 0, 180, 360, identity['hair'].tolist(), -1, cv2.LINE_AA)
+  hair = identity['hair'].tolist()
+  cv2.ellipse(img, _pt(56, 44, s), _pt(ax + 4, ay * 0.7, s), 0, 180, 360, hair, -1, cv2.LINE_AA)
   cv2.rectangle(img, _pt(40, 100, s), _pt(72, 112, s), tuple(c * 0.85 for c in skin), -1)
   cv2.ellipse(img, _pt(56, 64, s), _pt(ax, ay, s), 0, 0, 360, skin, -1, cv2.LINE_AA)
   dark = (35, 30, 30)
   for side in (-1, 1):  # eyes at the 5-point template (38.3, 51.7) / (73.5, 51.5)
     ex, ey = 56 + side * (17.6 + identity['eye_dx']), 51.6
     eh = max(0.6, identity['eye_size'] * 0.55 * eye_open)
-    cv2.ellipse(img, _pt(ex, ey, s), _pt(identity['eye_size'], eh, s), 0, 0, 360, (235, 235, 235), -1, cv2.LINE_AA)
+    eye_axes = _pt(identity['eye_size'], eh, s)
+    cv2.ellipse(img, _pt(ex, ey, s), eye_axes, 0, 0, 360, (235, 235, 235), -1, cv2.LINE_AA)
     if eh > 1.2:
       cv2.circle(img, _pt(ex, ey, s), max(1, int(round(min(2.8, eh) * s))), dark, -1, cv2.LINE_AA)
-    cv2.ellipse(img, _pt(ex, ey, s), _pt(identity['eye_size'], eh, s), 0, 180, 360, dark, 1, cv2.LINE_AA)
+    cv2.ellipse(img, _pt(ex, ey, s), eye_axes, 0, 180, 360, dark, 1, cv2.LINE_AA)
     # Brow: outer and inner ends; slant > 0 lifts the inner end (sadness, fear), < 0 lowers it (anger).
     by = ey - 9.5 - 3.5 * brow_raise
     outer, inner = (ex + side * 10, by + 1), (ex - side * 7, by - 3.0 * brow_slant)
-    cv2.line(img, _pt(*outer, s), _pt(*inner, s), identity['hair'].tolist(), identity['brow_width'], cv2.LINE_AA)
+    cv2.line(img, _pt(*outer, s), _pt(*inner, s), hair, identity['brow_width'], cv2.LINE_AA)
   shade = tuple(c * 0.7 for c in skin)
   cv2.line(img, _pt(56, 58, s), _pt(55, 71, s), shade, 1, cv2.LINE_AA)  # nose ridge to tip (56, 71.7)
   cv2.ellipse(img, _pt(52, 73, s), _pt(2, 1.2, s), 0, 0, 360, shade, -1)

@@ -2,8 +2,9 @@
 
 Records are dicts (see ``abaw``). Images stay uint8 RGB HWC through every per-record transform (cheap
 to compute and to pass between processes); ``collate`` stacks them and ``NormalizeBatch`` turns the
-batch into float32 normalised with the ImageNet mean/std. A record whose image cannot be decoded becomes ``{SKIPPED: path}``:
-later transforms pass it through and ``datasets`` drops and counts it before batching.
+batch into float32 normalised with the ImageNet mean/std. A record whose image cannot be decoded
+becomes ``{SKIPPED: path}``: later transforms pass it through and ``skips`` drops and counts it before
+batching.
 
 Every geometric or photometric transform applies the *same* random parameters to all image views of
 a record ('image' and, in paired mode, 'region_image'), so the two views stay pixel-aligned.
@@ -140,7 +141,10 @@ class ResizeCenterCrop(grain.transforms.Map):
   def _one(self, image: np.ndarray) -> np.ndarray:
     h, w = image.shape[:2]
     short = int(math.floor(self.size / self.crop_pct))
-    nh, nw = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
+    if h <= w:
+      nh, nw = short, max(short, round(w * short / h))
+    else:
+      nh, nw = max(short, round(h * short / w)), short
     if (nh, nw) != (h, w):
       image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_CUBIC)
     y, x = (nh - self.size) // 2, (nw - self.size) // 2
@@ -273,7 +277,8 @@ class RandAugment(grain.transforms.RandomMap):
       return record
     for name in rng.choice(self.ops, self.num_ops):
       # Draw every number even when the op is skipped, so the stream does not depend on outcomes.
-      apply, m, sign = rng.random() < self.prob, rng.normal(self.magnitude, self.magnitude_std), rng.choice((-1, 1))
+      apply = rng.random() < self.prob
+      m, sign = rng.normal(self.magnitude, self.magnitude_std), rng.choice((-1, 1))
       if apply:
         level = float(np.clip(m, 0.0, 10.0)) / 10.0
         record = _apply(record, lambda im, f=RAND_AUGMENT_OPS[name]: f(im, level, float(sign)))

@@ -231,7 +231,8 @@ def test_input_tree_untouched(tmp_path):
   root = make_tree(str(tmp_path))
   before = snapshot(root)
   src = abaw.load_split(root, 'Train_Set')
-  for ds in (finetune(src, view='eyes'), datasets.eval_dataset(src, batch_size=4, image_size=16, shard=(0, 1)),
+  for ds in (finetune(src, view='eyes'),
+             datasets.eval_dataset(src, batch_size=4, image_size=16, shard=(0, 1)),
              datasets.pretrain_dataset(src, batch_size=4, image_size=16, shard=(0, 1))):
     take(iter(ds), 3)
   assert snapshot(root) == before

@@ -102,5 +102,6 @@ def test_classes_are_learnable_from_the_face():
     grey = cv2.resize(grey, (20, 20), interpolation=cv2.INTER_AREA)
     return ((grey - grey.mean()) / (grey.std() + 1e-6)).ravel()
   centroids = np.stack([np.mean([features(c, s) for s in range(12)], 0) for c in range(8)])
-  hits = [np.argmin(((centroids - features(c, s)) ** 2).sum(1)) == c for c in range(8) for s in range(100, 110)]
+  hits = [np.argmin(((centroids - features(c, s)) ** 2).sum(1)) == c
+          for c in range(8) for s in range(100, 110)]
   assert np.mean(hits) > 0.5
