@@ -103,30 +103,37 @@ def train_head(config: Any, method: str, batches: Iterator[dict[str, Any]], clas
                     key_generator=method, num_heads=config.fusion.num_heads,
                     local_window=config.fusion.local_window, updown_ratio=config.fusion.updown_ratio,
                     rngs=nnx.Rngs(config.seed))
-  params = nnx.state(head, nnx.Param)
-  tx, schedule = optim.make_optimizer(config, nnx.to_pure_dict(params), num_steps)
-  optimizer = nnx.Optimizer(head, tx, wrt=nnx.Param)
+  graphdef, params, rest = nnx.split(head, nnx.Param, ...)
+  params = nnx.to_pure_dict(params)
+  tx, schedule = optim.make_optimizer(config, params, num_steps)
+  opt_state = tx.init(params)
   weights = jnp.asarray(class_weights)
 
-  @nnx.jit
-  def step(head, optimizer, face, region, labels):
+  @jax.jit
+  def step(params, opt_state, face, region, labels):
     targets = classification.soft_targets(labels, config.model.num_classes, config.label_smoothing)
-    loss_fn = lambda h: classification.weighted_cross_entropy(h(face, region), targets, weights)
-    loss, grads = nnx.value_and_grad(loss_fn)(head)
-    optimizer.update(head, grads)
-    return loss
+
+    def loss_fn(p):
+      logits = nnx.merge(graphdef, p, rest)(face, region)
+      return classification.weighted_cross_entropy(logits, targets, weights)
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
 
   progress = observe.Progress(num_steps, config.batch_size)
   losses = []
   for i in range(num_steps):
     batch = next(batches)
-    losses.append(step(head, optimizer, jnp.asarray(batch['face'], jnp.float32),
-                       jnp.asarray(batch['region'], jnp.float32), jnp.asarray(batch['label'])))
+    params, opt_state, loss = step(params, opt_state, jnp.asarray(batch['face'], jnp.float32),
+                                   jnp.asarray(batch['region'], jnp.float32),
+                                   jnp.asarray(batch['label']))
+    losses.append(loss)
     if (i + 1) % config.log_every == 0 or i + 1 == num_steps:
       progress.update(i + 1, {'loss': float(np.mean(jax.device_get(losses))),
                               'lr': float(schedule(i))})
       losses = []
-  return head
+  return nnx.merge(graphdef, params, rest)
 
 
 def predict_head(head: FusionHead, features: Features, batch_size: int) -> np.ndarray:
