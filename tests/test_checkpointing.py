@@ -54,7 +54,7 @@ def test_state_and_data_position_round_trip(tmp_path):
 
 def test_checkpoint_of_another_config_is_refused_by_name(tmp_path):
   config = get_config()
-  mesh = sharding.make_mesh({'data': -1})
+  mesh = sharding.make_mesh({'data': 1}, jax.devices()[:1])
   state, _ = _state(config, mesh)
   it, _ = pretrain_data.pretrain_iterator(config, str(tmp_path))
   ckpt = checkpointing.TrainCheckpointer(str(tmp_path / 'ckpt'), save_every=1, keep=1)
