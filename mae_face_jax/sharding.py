@@ -81,12 +81,17 @@ def _is_var(x: Any) -> bool:
   return isinstance(x, nnx.Variable)
 
 
-def variable_shardings(variables: nnx.State, mesh: Mesh) -> dict:
-  """Pure-dict tree of NamedShardings for an nnx State, read from each Variable's logical axes."""
-  def one(v: nnx.Variable) -> NamedSharding:
-    axes = v.get_metadata().get('logical_axes')
-    return NamedSharding(mesh, logical_to_spec(axes, np.shape(v.get_value()), mesh))
-  return _to_pure(jax.tree.map(one, variables, is_leaf=_is_var))
+def variable_sharding(v: nnx.Variable, mesh: Mesh) -> NamedSharding:
+  """Where one nnx Variable lives, read from its `logical_axes` metadata (none = replicated)."""
+  axes = v.get_metadata().get('logical_axes')
+  return NamedSharding(mesh, logical_to_spec(axes, np.shape(v.get_value()), mesh))
+
+
+def variable_shardings(variables: nnx.State, mesh: Mesh, pure: bool = True) -> Any:
+  """NamedShardings for an nnx State: a plain nested dict (for `nnx.to_pure_dict` trees), or with
+  `pure=False` a State-shaped tree (a prefix of the State itself, for jit in/out shardings)."""
+  tree = jax.tree.map(lambda v: variable_sharding(v, mesh), variables, is_leaf=_is_var)
+  return _to_pure(tree) if pure else tree
 
 
 def _to_pure(tree: Any) -> Any:

@@ -26,7 +26,7 @@ import optax
 from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from mae_face_jax import checkpointing, observe, optim, pretrain_data, sharding
 from mae_face_jax.models.build import build_mae
@@ -82,10 +82,7 @@ def create_train_state(config: Any, mesh: Mesh, tx: optax.GradientTransformation
       'opt_state': sharding.opt_state_shardings(tx, abstract_opt, param_shardings, mesh),
       'rng': replicated,
   }
-  fixed_shardings = jax.tree.map(
-      lambda v: NamedSharding(mesh, sharding.logical_to_spec(
-          v.get_metadata().get('logical_axes'), np.shape(v.get_value()), mesh)),
-      fixed, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  fixed_shardings = sharding.variable_shardings(fixed, mesh, pure=False)
 
   def init() -> tuple[State, nnx.State]:
     _, p, f = nnx.split(build_model(config), nnx.Param, ...)
