@@ -21,6 +21,19 @@ def test_progress_line_has_step_loss_lr_rates_and_eta():
   assert rates['images_per_s'] == 32 * rates['steps_per_s'] > 0
 
 
+def test_progress_is_a_bar_on_a_terminal():
+  class Tty(io.StringIO):
+    def isatty(self):
+      return True
+  out = Tty()
+  progress = observe.Progress(total_steps=4, global_batch=8, stream=out)
+  progress.update(2, {'loss': 1.0})
+  progress.update(4, {'loss': 0.5})
+  first, last = out.getvalue().split('\r')[1:]
+  assert first.startswith('[' + '#' * 15 + '.' * 15 + '] step 2/4 | loss 1 | ')
+  assert last.startswith('[' + '#' * 30 + '] step 4/4') and last.endswith('\n')  # rewritten in place
+
+
 def test_reconstruction_grid_pastes_visible_patches_and_grays_masked_ones():
   rng = np.random.default_rng(0)
   images = rng.normal(size=(2, 16, 16, 3)).astype(np.float32)
