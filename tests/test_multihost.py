@@ -6,7 +6,10 @@ global batch is assembled with make_array_from_process_local_data, checkpoints a
 collectively, and only process 0 writes TensorBoard events.
 """
 
+import fcntl
 import os
+import re
+import signal
 import socket
 import subprocess
 
@@ -29,20 +32,25 @@ def _losses(workdir):
   return [e.value for e in acc.Scalars('train/loss')]
 
 
-def test_two_processes_match_one_process(tmp_path):
-  overrides = {'total_steps': 3, 'checkpoint_every': 3, 'batch_size': 8}
-  single = str(tmp_path / 'single')
-  runner.run(single, overrides, devices=4)
-
-  multi = str(tmp_path / 'multi')
+def _start_two(workdir, overrides, stderr=(subprocess.STDOUT, subprocess.STDOUT)):
   port = _free_port()
   procs = []
   for pid in range(2):
     dist = {'distributed.enabled': True, 'distributed.coordinator_address': f'127.0.0.1:{port}',
             'distributed.num_processes': 2, 'distributed.process_id': pid}
     procs.append(subprocess.Popen(
-        runner.command(multi, overrides | dist), env=runner.env(2), cwd=runner.REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        runner.command(workdir, overrides | dist), env=runner.env(2), cwd=runner.REPO,
+        stdout=subprocess.PIPE, stderr=stderr[pid], text=True))
+  return procs
+
+
+def test_two_processes_match_one_process(tmp_path):
+  overrides = {'total_steps': 3, 'checkpoint_every': 3, 'batch_size': 8}
+  single = str(tmp_path / 'single')
+  runner.run(single, overrides, devices=4)
+
+  multi = str(tmp_path / 'multi')
+  procs = _start_two(multi, overrides)
   outs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-5000:]
@@ -56,3 +64,22 @@ def test_two_processes_match_one_process(tmp_path):
   fm, fs = checkpointing._flat(pm), checkpointing._flat(ps)
   for k in fs:
     np.testing.assert_allclose(fm[k], fs[k], rtol=1e-4, atol=2e-5, err_msg=k)
+
+
+def test_sigterm_on_one_host_stops_every_host_at_one_step(tmp_path):
+  """A preemption notice reaching host 1 only: both hosts save the same step together, exit 0."""
+  workdir = str(tmp_path / 'run')
+  logs = [open(tmp_path / f'stderr{i}', 'w+') for i in range(2)]  # files: a full pipe would block
+  procs = _start_two(workdir, {'total_steps': 300, 'checkpoint_every': 1000}, stderr=logs)
+  fcntl.fcntl(procs[0].stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)  # see pretrain_runner.start
+  lines = runner.read_until(procs[0], 'step 5/300')
+  procs[1].send_signal(signal.SIGTERM)
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  errs = [open(log.name).read() for log in logs]
+  assert [p.returncode for p in procs] == [0, 0], errs[1][-3000:]
+  last = (lines + outs[0].splitlines())[-1]
+  stopped = int(re.match(r'step (\d+)/300', last).group(1))
+  assert 5 <= stopped < 300
+  for err in errs:
+    assert f'preemption notice: saving step {stopped} and stopping' in err
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(stopped)]
