@@ -93,11 +93,14 @@ class TrainCheckpointer:
   directory renamed when complete, so a killed write never hides the previous checkpoint.
   """
 
-  def __init__(self, directory: str, *, save_every: int, keep: int, use_async: bool = True):
+  def __init__(self, directory: str, *, save_every: int = 1, keep: int | None = None,
+               use_async: bool = True, read_only: bool = False):
+    """`read_only`: for readers (stage 2, tests) next to a run that may be writing: it neither
+    creates the directory nor removes the temporary directory of a save in progress."""
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=save_every, max_to_keep=keep, create=True,
-        enable_async_checkpointing=use_async,
-        cleanup_tmp_directories=True)  # drop leftovers of a write that was killed
+        save_interval_steps=save_every, max_to_keep=keep, create=not read_only,
+        read_only=read_only, enable_async_checkpointing=use_async,
+        cleanup_tmp_directories=not read_only)  # a writer drops leftovers of a killed write
     self.directory = os.path.abspath(directory)
     self._mngr = ocp.CheckpointManager(
         self.directory, options=options,

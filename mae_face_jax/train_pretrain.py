@@ -152,7 +152,7 @@ def make_vis_step(graphdef: nnx.GraphDef, num_patches: int, mesh: Mesh) -> Calla
 def load_pretrained_params(workdir: str, step: int | None = None) -> tuple[dict, int]:
   """The MAE parameters (encoder + decoder) of a pretraining workdir's latest (or given) checkpoint,
   as host numpy arrays: what stage 2 imports. Returns (params, step)."""
-  ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, 'checkpoints'), save_every=1, keep=1)
+  ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
   steps = ckpt.all_steps()
   step = (steps[-1] if steps else None) if step is None else step
   if step not in steps:

@@ -110,7 +110,7 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
   names = os.listdir(os.path.join(workdir, 'checkpoints'))
   assert '2' in names and '4' not in names
   assert any(n.startswith('4.orbax-checkpoint-tmp') for n in names), names  # the torn write
-  ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, 'checkpoints'), save_every=1, keep=3)
+  ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
   assert ckpt.latest_step() == 2
   ckpt.close()
 

@@ -38,7 +38,7 @@ def test_sigkill_mid_run_then_restart_is_bit_exact(tmp_path, demo_root):
   runner.read_until(proc, 'step 10/24')
   proc.kill()  # SIGKILL: no handler, no final save
   assert proc.wait() == -signal.SIGKILL
-  ckpt = checkpointing.TrainCheckpointer(os.path.join(killed, 'checkpoints'), save_every=1, keep=1)
+  ckpt = checkpointing.TrainCheckpointer(os.path.join(killed, 'checkpoints'), read_only=True)
   killed_at = ckpt.latest_step()
   ckpt.close()
   # Step 8's async write may or may not have committed when the kill landed; either way the
@@ -73,7 +73,7 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
   last_line = (lines + rest.splitlines())[-1]  # the step the loop was on when it noticed
   stopped = int(re.match(r'(?:\[.*\] )?step (\d+)/200', last_line).group(1))
   assert 5 <= stopped < 200
-  ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, 'checkpoints'), save_every=1, keep=1)
+  ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
   assert ckpt.all_steps() == [stopped]  # the step where the notice arrived, nothing else
   ckpt.close()
   stderr = open(workdir + '.stderr').read()
