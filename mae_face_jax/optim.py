@@ -7,7 +7,6 @@ and the decay term, as PyTorch's param-group `lr_scale` does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -79,11 +78,6 @@ def make_optimizer(config: Any, params: Any, total_updates: int, lr_scales: Any 
     # Averages `accum` micro-batch gradients, then takes one step: batch_size × accum per update.
     tx = optax.MultiSteps(tx, every_k_schedule=accum)
   return tx, schedule
-
-
-def optim_config_defaults() -> Mapping[str, float]:
-  """MAE pretraining's AdamW settings (configs copy these into `config.optim`)."""
-  return dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, grad_clip_norm=0.0)
 
 
 def layer_id(names: tuple[str, ...], depth: int) -> int:
