@@ -39,8 +39,6 @@ def finetune_config(view: str, size: str = 'base', img_size: int = 224) -> ml_co
       crop_pct=0.875,         # evaluation: resize to size / crop_pct, centre crop
       num_workers=0,
       num_threads=2,
-      demo_videos=40,
-      demo_frames=(200, 360),
   ))
 
   # MAE fine-tuning: lr = base_lr * batch / 256, layer decay 0.65 (Base), AdamW(0.9, 0.999), wd 0.05,

@@ -19,8 +19,6 @@ def pretrain_config(size: str, img_size: int = 224) -> ml_collections.ConfigDict
       scale=(0.2, 1.0),
       num_workers=0,  # grain worker processes per host (mp_prefetch)
       num_threads=2,
-      demo_videos=40,
-      demo_frames=(200, 360),
   ))
 
   # MAE recipe: effective batch 4096, base lr 1.5e-4 (lr = base_lr * batch / 256), 800 epochs,

@@ -10,7 +10,7 @@ imbalance. Some frames are unannotated (-1) and a few annotated frames have no i
 
 Public API:
     ensure_demo_data(root: str, **kwargs) -> str     generates into root unless already complete
-    generate_demo_data(root, num_videos=40, frames=(200, 360), size=112, seed=0) -> None
+    generate_demo_data(root, num_videos=60, frames=(120, 220), size=112, seed=0) -> None
     render_face(identity, expression, rng, size=112) -> np.ndarray (BGR uint8)
 
 Written tree (``DEMO_DATA.txt`` is written last and marks a complete dataset):
@@ -117,8 +117,8 @@ def render_face(identity: dict, expression: np.ndarray, rng: np.random.Generator
       cv2.circle(img, _pt(ex, ey, s), max(1, int(round(min(2.8, eh) * s))), dark, -1, cv2.LINE_AA)
     cv2.ellipse(img, _pt(ex, ey, s), eye_axes, 0, 180, 360, dark, 1, cv2.LINE_AA)
     # Brow: outer and inner ends; slant > 0 lifts the inner end (sadness, fear), < 0 lowers it (anger).
-    by = ey - 9.5 - 3.5 * brow_raise
-    outer, inner = (ex + side * 10, by + 1), (ex - side * 7, by - 3.0 * brow_slant)
+    by = ey - 9.5 - 5.0 * brow_raise
+    outer, inner = (ex + side * 10, by + 1), (ex - side * 7, by - 4.5 * brow_slant)
     cv2.line(img, _pt(*outer, s), _pt(*inner, s), hair, identity['brow_width'], cv2.LINE_AA)
   shade = tuple(c * 0.7 for c in skin)
   cv2.line(img, _pt(56, 58, s), _pt(55, 71, s), shade, 1, cv2.LINE_AA)  # nose ridge to tip (56, 71.7)
@@ -131,7 +131,7 @@ def render_face(identity: dict, expression: np.ndarray, rng: np.random.Generator
   # the right corner lifts with `asym`, the lower lip opens with `mouth_open`.
   w = 14.5 * mouth_width
   xs = np.linspace(-1, 1, 15)
-  upper = 92.3 - 5.0 * curve * xs ** 2 - 4.0 * asym * np.clip(xs, 0, 1) - 2.5 * mouth_open * (1 - xs ** 2)
+  upper = 92.3 - 8.0 * curve * xs ** 2 - 4.0 * asym * np.clip(xs, 0, 1) - 2.5 * mouth_open * (1 - xs ** 2)
   lower = upper + 12.0 * mouth_open * (1 - xs ** 2) + 0.5
   top = np.stack([56 + w * xs, upper], 1)
   bottom = np.stack([56 + w * xs[::-1], lower[::-1]], 1)
@@ -163,7 +163,7 @@ def _video_script(num_frames: int, rng: np.random.Generator) -> tuple[np.ndarray
     label = int(rng.choice(len(CLASSES), p=CLASS_PRIOR))
     intensity = rng.uniform(0.45, 1.1)  # weak expressions overlap with Neutral and each other
     target = PROTOTYPES[0] + intensity * (PROTOTYPES[label] - PROTOTYPES[0]) + rng.normal(0, PARAM_NOISE)
-    length, ramp = int(rng.integers(20, 90)), int(rng.integers(4, 12))
+    length, ramp = int(rng.integers(12, 45)), int(rng.integers(3, 8))
     for i in range(min(length, num_frames - t)):
       mix = min(1.0, (i + 1) / ramp)
       params[t + i] = prev + mix * (target - prev)
@@ -184,7 +184,7 @@ def _video_script(num_frames: int, rng: np.random.Generator) -> tuple[np.ndarray
   return params, labels
 
 
-def generate_demo_data(root: str, num_videos: int = 40, frames: tuple[int, int] = (200, 360),
+def generate_demo_data(root: str, num_videos: int = 60, frames: tuple[int, int] = (120, 220),
                        size: int = 112, seed: int = 0) -> None:
   """Writes the demo dataset into ``root`` (which must not hold one already); deterministic in seed."""
   rng = np.random.default_rng(seed)
@@ -233,7 +233,7 @@ def generate_demo_data(root: str, num_videos: int = 40, frames: tuple[int, int] 
     f.write(json.dumps(info, indent=1) + '\n')
 
 
-def ensure_demo_data(root: str, num_videos: int = 40, frames: tuple[int, int] = (200, 360),
+def ensure_demo_data(root: str, num_videos: int = 60, frames: tuple[int, int] = (120, 220),
                      size: int = 112, seed: int = 0) -> str:
   """Returns ``root``, generating the demo dataset there first unless a complete one is present.
 

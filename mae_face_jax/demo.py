@@ -31,8 +31,7 @@ def run(config: Any, workdir: str) -> None:
 
   root = config.data.root or os.path.join(workdir, 'demo_data')
   start = time.perf_counter()
-  demo_data.ensure_demo_data(root, num_videos=config.data.demo_videos,
-                             frames=tuple(config.data.demo_frames))
+  demo_data.ensure_demo_data(root)
   times['data'] = time.perf_counter() - start
   logging.info('demo data in %s (%.0f s)', root, times['data'])
   for key in ('pretrain', 'finetune_face', 'finetune_region', 'fusion'):

@@ -1,5 +1,5 @@
-"""Labelled ABAW-layout data for the stage-2 programs: the dataset root (generating the demo data
-when asked), the train/validation splits, and this host's iterators over them."""
+"""ABAW-layout data for the programs: the dataset root (generating the demo data when asked), and
+for stage 2 the labelled splits and this host's iterators over them."""
 
 from __future__ import annotations
 
@@ -18,11 +18,10 @@ def dataset_root(data_config: Any, workdir: str) -> str:
   """`data.root`, or for `data.source='demo'` the demo dataset there (generated on first use)."""
   root = data_config.get('root') or ''
   if data_config.source == 'demo':
-    return demo_data.ensure_demo_data(
-        root or os.path.join(workdir, 'demo_data'), num_videos=data_config.get('demo_videos', 40),
-        frames=tuple(data_config.get('demo_frames', (200, 360))))
+    return demo_data.ensure_demo_data(root or os.path.join(workdir, 'demo_data'))
   if data_config.source != 'abaw':
-    raise ValueError(f'config.data.source={data_config.source!r} is not one of abaw, demo')
+    raise ValueError(f'config.data.source={data_config.source!r} is not one of abaw, demo '
+                     '(pretraining also reads folder, synthetic)')
   if not root:
     raise ValueError('config.data.root is required for data.source=abaw (the Aff-Wild2 root)')
   return root

@@ -20,25 +20,17 @@ import grain
 import jax
 import numpy as np
 
-from input_pipeline import abaw, datasets, demo_data, folders
+from input_pipeline import abaw, datasets, folders
+from mae_face_jax import labeled_data
 
 
 def source_records(data_config: Any, workdir: str) -> Any:
   """The random-access record source for 'abaw', 'folder' or 'demo'."""
-  kind = data_config.source
-  root = data_config.get('root') or ''
-  if kind == 'demo':
-    root = demo_data.ensure_demo_data(root or os.path.join(workdir, 'demo_data'),
-                                      num_videos=data_config.get('demo_videos', 40),
-                                      frames=tuple(data_config.get('demo_frames', (200, 360))))
-    return abaw.load_frames(root)
-  if not root:
-    raise ValueError(f"config.data.root is required for data.source={kind!r}")
-  if kind == 'abaw':
-    return abaw.load_frames(root)
-  if kind == 'folder':
-    return folders.unlabeled_images(root)
-  raise ValueError(f"config.data.source={kind!r} is not one of abaw, folder, demo, synthetic")
+  if data_config.source == 'folder':
+    if not data_config.get('root'):
+      raise ValueError("config.data.root is required for data.source='folder'")
+    return folders.unlabeled_images(data_config.root)
+  return abaw.load_frames(labeled_data.dataset_root(data_config, workdir))
 
 
 class _SyntheticImages(grain.transforms.Map):

@@ -5,12 +5,9 @@ optimizer built straight into their shardings → resume → loop (step, log, gr
 preemption) → final checkpoint. The encoder for stage 2 is the `params` of the last checkpoint in
 `workdir/checkpoints` (`load_pretrained_params`).
 
-The train state is a plain dict of arrays, which is also exactly what a checkpoint holds:
-  step       int32, micro-steps done (batches consumed)
-  params     the MAE's trainable parameters (nested dict, as `nnx.to_pure_dict`)
-  opt_state  optax state, sharded like the parameters it mirrors
-  rng        uint32 key data; step s draws its mask noise and drop path from fold_in(rng, s)
-Fixed position tables (and drop path's RNG slots) live outside it, in `fixed`.
+The train state (`mae_face_jax.train_state`) is a plain dict of arrays (step, params, opt_state,
+rng), exactly what a checkpoint holds; step s draws its mask noise and drop path from
+fold_in(rng, s). Fixed position tables live outside it, in `fixed`.
 """
 
 from __future__ import annotations
@@ -29,9 +26,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from mae_face_jax import checkpointing, observe, optim, pretrain_data, sharding
+from mae_face_jax import train_state as ts
 from mae_face_jax.models.build import build_mae
 
-State = dict[str, Any]
 
 
 def total_steps(config: Any, examples_per_epoch: int | None) -> int:
@@ -49,67 +46,8 @@ def warmup_steps(config: Any, examples_per_epoch: int | None) -> int:
   return int(config.warmup_epochs * (examples_per_epoch or 0) // config.batch_size)
 
 
-def attention_impl(config: Any) -> str | None:
-  """`config.model.attention_impl`, with 'auto' = cuDNN's fused kernel on NVIDIA GPUs, else XLA."""
-  impl = config.model.get('attention_impl')
-  if impl == 'auto':
-    return 'cudnn' if jax.default_backend() == 'gpu' else None
-  return impl
-
-
 def build_model(config: Any) -> nnx.Module:
-  return build_mae(config.model, nnx.Rngs(config.seed), attention_impl=attention_impl(config))
-
-
-def abstract_model(config: Any) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-  """Graph, parameter and fixed-variable shapes (with their metadata), without allocating."""
-  return nnx.split(nnx.eval_shape(lambda: build_model(config)), nnx.Param, ...)
-
-
-def create_train_state(config: Any, mesh: Mesh, tx: optax.GradientTransformation
-                       ) -> tuple[nnx.GraphDef, State, Any, State, Any]:
-  """Initialises the model and optimizer directly in their shardings (no full copy on any host).
-
-  Returns (graphdef, state, state shardings, fixed variables, fixed shardings).
-  """
-  graphdef, params, fixed = abstract_model(config)
-  param_shardings = sharding.variable_shardings(params, mesh)
-  abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(params))
-  replicated = sharding.replicated(mesh)
-  state_shardings = {
-      'step': replicated,
-      'params': param_shardings,
-      'opt_state': sharding.opt_state_shardings(tx, abstract_opt, param_shardings, mesh),
-      'rng': replicated,
-  }
-  fixed_shardings = sharding.variable_shardings(fixed, mesh, pure=False)
-
-  def init() -> tuple[State, nnx.State]:
-    _, p, f = nnx.split(build_model(config), nnx.Param, ...)
-    p = nnx.to_pure_dict(p)
-    rng = jax.random.key_data(jax.random.key(config.seed + 1))
-    return {'step': jnp.zeros((), jnp.int32), 'params': p, 'opt_state': tx.init(p),
-            'rng': rng}, f
-
-  state, fixed = jax.jit(init, out_shardings=(state_shardings, fixed_shardings))()
-  return graphdef, state, state_shardings, fixed, fixed_shardings
-
-
-def _step_keys(state: State) -> tuple[jax.Array, jax.Array]:
-  key = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
-  noise_key, drop_key = jax.random.split(key)
-  return noise_key, drop_key
-
-
-def _merge(graphdef: nnx.GraphDef, params: Any, fixed: nnx.State,
-           drop_key: jax.Array | None) -> nnx.Module:
-  """The model with these parameters; drop path seeded by `drop_key`, or off when it is None."""
-  model = nnx.merge(graphdef, params, fixed)
-  if drop_key is None:
-    model.eval()
-  else:
-    nnx.reseed(model, default=drop_key)
-  return model
+  return build_mae(config.model, nnx.Rngs(config.seed))
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, num_patches: int,
@@ -120,13 +58,13 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, nu
   """
   batch_shardings = {'image': sharding.batch_sharding(mesh, 4)}
 
-  def train_step(state: State, fixed: nnx.State, batch: dict[str, jax.Array]):
+  def train_step(state: ts.State, fixed: nnx.State, batch: dict[str, jax.Array]):
     images = batch['image']
-    noise_key, drop_key = _step_keys(state)
+    noise_key, drop_key = ts.step_key(state, num=2)
     noise = jax.random.uniform(noise_key, (images.shape[0], num_patches))
     noise = jax.lax.with_sharding_constraint(noise, sharding.batch_sharding(mesh, 2))
 
-    model = _merge(graphdef, state['params'], fixed, drop_key)
+    model = ts.merge_model(graphdef, state['params'], fixed, drop_key)
     loss, grads = nnx.value_and_grad(lambda m: m(images, noise).loss)(model)
     grads = nnx.to_pure_dict(grads)  # same tree as state['params']
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
@@ -144,7 +82,7 @@ def make_vis_step(graphdef: nnx.GraphDef, num_patches: int, mesh: Mesh) -> Calla
   """Loss and reconstruction of a small replicated batch with fixed noise (same mask every time)."""
   def vis_step(params: Any, fixed: nnx.State, images: jax.Array, key: jax.Array):
     noise = jax.random.uniform(key, (images.shape[0], num_patches))
-    out = _merge(graphdef, params, fixed, None)(images, noise)
+    out = ts.merge_model(graphdef, params, fixed, None)(images, noise)
     return out.loss, out.pred, out.mask
   return jax.jit(vis_step, out_shardings=sharding.replicated(mesh))
 
@@ -162,7 +100,7 @@ def load_pretrained_params(workdir: str, step: int | None = None) -> tuple[dict,
   return params, step
 
 
-def train_and_evaluate(config: Any, workdir: str) -> State:
+def train_and_evaluate(config: Any, workdir: str) -> ts.State:
   """Pretrains per `config` in `workdir`, resuming from the latest checkpoint there. Returns the
   final train state."""
   sharding.initialize_distributed(config.get('distributed'))
@@ -180,11 +118,12 @@ def train_and_evaluate(config: Any, workdir: str) -> State:
 
   # Model and optimizer, built straight into their shardings. Steps count batches; the schedule
   # counts optimizer updates (one per `accum` batches).
-  _, abstract_params, _ = abstract_model(config)
+  _, abstract_params, _ = ts.abstract_model(lambda: build_model(config))
   tx, schedule = optim.make_optimizer(
       config, nnx.to_pure_dict(abstract_params), total_updates=max(num_steps // accum, 1),
       warmup_updates=warmup_steps(config, epoch_len) // accum)
-  graphdef, state, state_shardings, fixed, fixed_shardings = create_train_state(config, mesh, tx)
+  graphdef, state, state_shardings, fixed, fixed_shardings = ts.create_train_state(
+      lambda: build_model(config), config.seed, mesh, tx)
   num_patches = (config.model.img_size // config.model.patch_size) ** 2
 
   # Resume if this workdir holds a checkpoint (a checkpoint of another config is refused).
@@ -192,9 +131,7 @@ def train_and_evaluate(config: Any, workdir: str) -> State:
       os.path.join(workdir, 'checkpoints'), save_every=config.checkpoint_every,
       keep=config.keep_checkpoints, use_async=config.get('async_checkpoints', True))
   if (latest := ckpt.latest_step()) is not None:
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            state, state_shardings)
-    state = ckpt.restore(latest, abstract, data_iter)
+    state = ckpt.restore(latest, ts.abstract_with_shardings(state, state_shardings), data_iter)
     logging.info('resumed from %s/checkpoints/%d', workdir, latest)
   step = int(state['step'])
 

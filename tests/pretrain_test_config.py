@@ -10,8 +10,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.update(patch_size=8, embed_dim=64, depth=2, num_heads=2,
                       decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
   config.data.source = 'synthetic'
-  config.data.demo_videos = 2
-  config.data.demo_frames = (20, 30)
   config.batch_size = 8
   config.total_steps = 3
   config.warmup_steps = 1

@@ -12,21 +12,21 @@ import pytest
 
 from mae_face_jax import checkpointing, optim, pretrain_data, sharding
 from mae_face_jax import train_pretrain as tp
+from mae_face_jax import train_state as ts
 from tests import pretrain_runner as runner
 from tests.pretrain_test_config import get_config
 
 
 def _state(config, mesh):
   from flax import nnx
-  _, params, _ = tp.abstract_model(config)
+  build = lambda: tp.build_model(config)
+  _, params, _ = ts.abstract_model(build)
   tx, _ = optim.make_optimizer(config, nnx.to_pure_dict(params), total_updates=10)
-  _, state, shardings, _, _ = tp.create_train_state(config, mesh, tx)
+  _, state, shardings, _, _ = ts.create_train_state(build, config.seed, mesh, tx)
   return state, shardings
 
 
-def _abstract(state, shardings):
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      state, shardings)
+_abstract = ts.abstract_with_shardings
 
 
 def test_state_and_data_position_round_trip(tmp_path):

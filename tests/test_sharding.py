@@ -9,6 +9,7 @@ from flax import nnx
 
 from mae_face_jax import optim, sharding
 from mae_face_jax import train_pretrain as tp
+from mae_face_jax import train_state as ts
 from tests.pretrain_test_config import get_config
 
 
@@ -36,9 +37,10 @@ def test_logical_rules():
 def _run(mesh_config, devices, steps=3):
   config = get_config()
   mesh = sharding.make_mesh(mesh_config, devices)
-  _, abstract_params, _ = tp.abstract_model(config)
+  build = lambda: tp.build_model(config)
+  _, abstract_params, _ = ts.abstract_model(build)
   tx, _ = optim.make_optimizer(config, nnx.to_pure_dict(abstract_params), total_updates=steps)
-  graphdef, state, state_sh, fixed, fixed_sh = tp.create_train_state(config, mesh, tx)
+  graphdef, state, state_sh, fixed, fixed_sh = ts.create_train_state(build, config.seed, mesh, tx)
   num_patches = (config.model.img_size // config.model.patch_size) ** 2
   step_fn = tp.make_train_step(graphdef, tx, num_patches, state_sh, fixed_sh, mesh)
   rng = np.random.default_rng(0)

@@ -86,7 +86,8 @@ def test_bfloat16_compute_keeps_float32_master_state(tmp_path):
   from tests.pretrain_test_config import get_config
   accel = accel_config()
   assert accel.model.dtype == 'bfloat16' and accel.model.param_dtype == 'float32'
-  assert train_pretrain.attention_impl(accel) is None  # CPU: no fused kernel, XLA's attention
+  from mae_face_jax.models.build import resolve_attention_impl
+  assert resolve_attention_impl(accel.model.attention_impl) is None  # CPU: no fused kernel, XLA's attention
   config = get_config()
   config.model.dtype, config.model.attention_impl = 'bfloat16', 'auto'
   config.total_steps = 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -20,7 +21,16 @@ def _kwargs(cls: type, model_cfg: Any, overrides: dict[str, Any]) -> dict[str, A
   for k in ('dtype', 'param_dtype'):
     if isinstance(kwargs.get(k), str):
       kwargs[k] = jnp.dtype(kwargs[k])
+  if 'attention_impl' in kwargs:
+    kwargs['attention_impl'] = resolve_attention_impl(kwargs['attention_impl'])
   return kwargs
+
+
+def resolve_attention_impl(impl: str | None) -> str | None:
+  """'auto' = cuDNN's fused kernel on NVIDIA GPUs, else XLA's attention; other values as given."""
+  if impl == 'auto':
+    return 'cudnn' if jax.default_backend() == 'gpu' else None
+  return impl
 
 
 def build_mae(model_cfg: Any, rngs: nnx.Rngs, **overrides: Any) -> MaskedAutoencoder:
