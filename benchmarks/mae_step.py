@@ -1,0 +1,215 @@
+"""Times one MAE training step (forward, backward, AdamW update) in JAX and in PyTorch.
+
+Both sides run the same model (ViT-B/16 encoder, 512/8/16 decoder by default), batch, image size,
+mask ratio and fp32 numerics, with the same weights and noise; PyTorch runs the reference model of
+`benchmarks/torch_mae.py`. JAX's step is one jitted function with donated parameters and optimizer
+state; PyTorch runs eagerly with `torch.optim.AdamW`. Repetitions alternate JAX, PyTorch, JAX, ...
+so that load from other processes hits both sides alike; the medians and
+`ratio = JAX time / PyTorch time` are printed (below 1 means JAX is faster).
+
+  python benchmarks/mae_step.py                       # ViT-B, batch 8 on CPU (64 on GPU)
+  python benchmarks/mae_step.py --size tiny --steps 5
+  python benchmarks/mae_step.py --xla-flags='--xla_cpu_experimental_ynn_fusion_type='  # Eigen dots
+  python benchmarks/mae_step.py --fast-math           # opt-in, changes numerics; said in the output
+
+XLA flags must be set before JAX starts, so this script parses its arguments and sets `XLA_FLAGS`
+before importing JAX. On a CPU that other processes share, PyTorch's OpenMP threads lose far more
+time than XLA's thread pool when a core is taken (its process CPU time, printed, doubles), so the
+ratio then says more about the load than about the frameworks; the load average is printed, and
+`nice -n -15 python benchmarks/mae_step.py` (as root) gives the benchmark the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--size', default='base', choices=['tiny', 'small', 'base', 'large', 'huge'])
+  p.add_argument('--batch', type=int, default=None, help='default: 8 on CPU, 64 on GPU')
+  p.add_argument('--img-size', type=int, default=224)
+  p.add_argument('--mask-ratio', type=float, default=0.75)
+  p.add_argument('--steps', type=int, default=5, help='timed steps per side (median reported)')
+  p.add_argument('--warmup', type=int, default=1, help='untimed steps per side after compiling')
+  p.add_argument('--fast-math', action='store_true',
+                 help='add --xla_cpu_enable_fast_math=true (changes numerics; not the headline)')
+  p.add_argument('--xla-flags', default='',
+                 help="extra XLA flags appended to XLA_FLAGS; write --xla-flags='--flag=value'")
+  p.add_argument('--attention-impl', default=None, choices=[None, 'xla', 'cudnn'])
+  p.add_argument('--only', choices=['jax', 'torch'], default=None, help='time one side only')
+  p.add_argument('--torch-threads', type=int, default=None, help='torch.set_num_threads')
+  p.add_argument('--seed', type=int, default=0)
+  return p.parse_args(argv)
+
+
+def set_xla_flags(args: argparse.Namespace) -> None:
+  extra = args.xla_flags.split()
+  if args.fast_math:
+    extra.append('--xla_cpu_enable_fast_math=true')
+  if extra:
+    os.environ['XLA_FLAGS'] = ' '.join([os.environ.get('XLA_FLAGS', '')] + extra).strip()
+
+
+def cpu_name() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def jax_step_fn(size, img_size, mask_ratio, attention_impl, torch_state, seed):
+  """Builds the JAX model (weights from the torch model) and a jitted, state-donating train step."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from flax import nnx
+
+  from configs.common import model_config
+  from mae_face_jax.models.build import build_mae
+  from mae_face_jax.torch_interop import import_state_dict
+
+  cfg = model_config(size, img_size)
+  cfg.mask_ratio = mask_ratio
+  cfg.attention_impl = attention_impl
+  model = build_mae(cfg, nnx.Rngs(seed))
+  if torch_state is not None:
+    import_state_dict(model, torch_state, source='torch reference')
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  # MAE's AdamW: betas (0.9, 0.95), weight decay on matrices only (not biases, norms).
+  tx = optax.adamw(1.5e-4, b1=0.9, b2=0.95, weight_decay=0.05,
+                   mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+  opt_state = tx.init(params)
+
+  def loss_fn(params, rest, imgs, noise):
+    return nnx.merge(graphdef, params, rest)(imgs, noise).loss
+
+  def _step(params, opt_state, rest, imgs, noise):
+    loss, grads = jax.value_and_grad(loss_fn)(params, rest, imgs, noise)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  step = jax.jit(_step, donate_argnums=(0, 1))
+  state = {'params': params, 'opt': opt_state}
+
+  def run(imgs, noise):
+    state['params'], state['opt'], loss = step(state['params'], state['opt'], rest, imgs, noise)
+    return loss
+
+  return run
+
+
+def torch_step_fn(model, device):
+  import torch
+  decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+  no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+  opt = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.05},
+                           {'params': no_decay, 'weight_decay': 0.0}], lr=1.5e-4, betas=(0.9, 0.95))
+
+  def run(imgs, noise):
+    loss = model(imgs, noise)[0]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+  return run
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  set_xla_flags(args)
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+
+  from benchmarks.torch_mae import build_torch_mae, state_dict_numpy
+
+  jdev = jax.devices()[0]
+  on_gpu = jdev.platform == 'gpu'
+  tdev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+  batch = args.batch or (64 if on_gpu else 8)
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
+
+  torch.manual_seed(args.seed)
+  tmodel = build_torch_mae(args.size, args.img_size, mask_ratio=args.mask_ratio).to(tdev).train()
+  rng = np.random.default_rng(args.seed)
+  imgs = rng.standard_normal((batch, 3, args.img_size, args.img_size)).astype(np.float32)
+  num_patches = (args.img_size // tmodel.patch_size)**2
+  noise = rng.random((batch, num_patches)).astype(np.float32)
+
+  sides = {}
+  if args.only != 'torch':
+    run_jax = jax_step_fn(args.size, args.img_size, args.mask_ratio, args.attention_impl,
+                          state_dict_numpy(tmodel), args.seed)
+    j_imgs = jax.device_put(jnp.asarray(imgs.transpose(0, 2, 3, 1)), jdev)  # NHWC
+    j_noise = jax.device_put(jnp.asarray(noise), jdev)
+    sides['jax'] = lambda: float(run_jax(j_imgs, j_noise))  # float() waits for the result
+  if args.only != 'jax':
+    run_torch = torch_step_fn(tmodel, tdev)
+    t_imgs, t_noise = torch.from_numpy(imgs).to(tdev), torch.from_numpy(noise).to(tdev)
+
+    def torch_once():
+      loss = float(run_torch(t_imgs, t_noise).detach())  # .item() synchronises CUDA too
+      return loss
+    sides['torch'] = torch_once
+
+  print(f'MAE train step: size={args.size} img={args.img_size} batch={batch} '
+        f'mask_ratio={args.mask_ratio} fp32, fwd+bwd+AdamW', flush=True)
+  print(f'machine: {cpu_name()}, {os.cpu_count()} logical CPUs; python {platform.python_version()}')
+  print(f'jax {jax.__version__} on {jdev.device_kind} ({jdev.platform}); '
+        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
+  where = (torch.cuda.get_device_name() if tdev.type == 'cuda'
+           else f'{torch.get_num_threads()} threads')
+  print(f'torch {torch.__version__} on {tdev} ({where})')
+  print(f'fast math: {"ON (numerics differ from fp32 reference)" if args.fast_math else "off"}',
+        flush=True)
+
+  first_loss = {}
+  for name, fn in sides.items():
+    t0 = time.perf_counter()
+    first_loss[name] = fn()
+    what = 'first step (incl. compile)' if name == 'jax' else 'first step'
+    print(f'{name}: {what} {time.perf_counter() - t0:.2f} s, '
+          f'loss {first_loss[name]:.6f}', flush=True)
+    for _ in range(args.warmup):
+      fn()
+  times = {name: [] for name in sides}
+  cpu = {name: [] for name in sides}
+  load0 = os.getloadavg()[0]
+  for i in range(args.steps):  # alternate sides so background load is shared
+    for name, fn in sides.items():
+      c0, t0 = time.process_time(), time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t0)
+      cpu[name].append(time.process_time() - c0)
+    print(f'rep {i}: ' + ', '.join(f'{n} {t[-1]:.3f} s' for n, t in times.items()), flush=True)
+  print(f'load average (1 min) {load0:.2f} before, {os.getloadavg()[0]:.2f} after the timed steps '
+        f'(other processes share the {os.cpu_count()} CPUs when it exceeds that)')
+
+  med = {name: statistics.median(t) for name, t in times.items()}
+  for name, t in times.items():
+    print(f'{name:5s} median {med[name]:.3f} s/step (min {min(t):.3f}, max {max(t):.3f}, '
+          f'{len(t)} steps; process CPU time median {statistics.median(cpu[name]):.2f} s/step)')
+  if len(med) == 2:
+    print(f'ratio = JAX time / PyTorch time = {med["jax"] / med["torch"]:.3f}')
+
+
+if __name__ == '__main__':
+  main()
