@@ -20,16 +20,6 @@ from torch import nn
 
 from mae_face_jax import pos_embed as pe
 
-# (embed_dim, depth, num_heads, patch_size, decoder_dim, decoder_depth, decoder_heads)
-SIZES = {
-    'tiny': (192, 12, 3, 16, 128, 2, 4),
-    'small': (384, 12, 6, 16, 256, 4, 8),
-    'base': (768, 12, 12, 16, 512, 8, 16),
-    'large': (1024, 24, 16, 16, 512, 8, 16),
-    'huge': (1280, 32, 16, 14, 512, 8, 16),
-}
-
-
 class TorchMAE(nn.Module):
   """MAE with a ViT encoder and a light decoder, sin-cos position tables frozen (not parameters)."""
 
@@ -136,10 +126,12 @@ class TorchMAE(nn.Module):
 
 
 def build_torch_mae(size: str = 'base', img_size: int = 224, **kwargs) -> TorchMAE:
-  """The reference MAE of a named size (MAE's decoder 512/8/16 for Base and larger)."""
-  d, depth, heads, p, dd, ddepth, dheads = SIZES[size]
-  return TorchMAE(img_size=img_size, patch_size=p, embed_dim=d, depth=depth, num_heads=heads,
-                  decoder_embed_dim=dd, decoder_depth=ddepth, decoder_num_heads=dheads, **kwargs)
+  """The reference MAE of a named size, with the same dimensions as our configs."""
+  from configs.common import model_config
+  cfg = model_config(size, img_size)
+  fields = ('patch_size', 'embed_dim', 'depth', 'num_heads', 'decoder_embed_dim', 'decoder_depth',
+            'decoder_num_heads')
+  return TorchMAE(img_size=img_size, **{k: cfg[k] for k in fields}, **kwargs)
 
 
 def state_dict_numpy(model: nn.Module) -> dict[str, np.ndarray]:

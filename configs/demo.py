@@ -25,12 +25,12 @@ def get_config() -> ml_collections.ConfigDict:
   pre.model.update(ENCODER)
   pre.data.update(config.data)
   pre.batch_size = 64
-  pre.total_steps = 600
+  pre.total_steps = 400
   pre.warmup_steps = 40
   pre.base_lr = 1.5e-4 * 8
   pre.log_every = 50
-  pre.eval_every = 200
-  pre.checkpoint_every = 300
+  pre.eval_every = 100
+  pre.checkpoint_every = 200
   config.pretrain = pre
 
   for name, view in (('finetune_face', 'face'), ('finetune_region', 'eyes_mouth')):
@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     ft.data.update(config.data)
     ft.batch_size = 64
     ft.eval_batch_size = 128
-    ft.num_epochs = 3.0
+    ft.num_epochs = 2.0
     ft.warmup_epochs = 0.3
     ft.base_lr = 4e-3
     ft.layer_decay = 0.75
@@ -57,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   fu.model.drop_path_rate = 0.0
   fu.data.update(config.data)
   fu.region_view = 'eyes_mouth'
-  fu.aux_blocks = 4                 # lower-level auxiliary features
+  fu.aux_blocks = 2                 # lower-level auxiliary features
   fu.fusion.num_heads = 3
   fu.cache_features = True          # the demo's tokens fit in memory
   fu.batch_size = 128

@@ -1,9 +1,8 @@
 """ViT encoder in Flax NNX, named like timm's `VisionTransformer` so checkpoints convert mechanically.
 
 Pre-norm blocks, fused qkv with bias, exact GELU, LayerNorm eps 1e-6, drop path, attention through
-`jax.nn.dot_product_attention` (on CPU with `attention_impl=None`: the same arithmetic written as
-two batched matmuls, which XLA:CPU runs faster). Parameters carry logical axis names (metadata
-`logical_axes`) that `mae_face_jax.sharding` maps to mesh axes with one rules table.
+`jax.nn.dot_product_attention`. Parameters carry logical axis names (metadata `logical_axes`) that
+`mae_face_jax.sharding` maps to mesh axes with one rules table.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
 }
 
 LN_EPS = 1e-6
-_SQRT1_2 = 0.7071067811865476  # 1/√2
 xavier_uniform = jax.nn.initializers.xavier_uniform()
 zeros = jax.nn.initializers.zeros
 
@@ -73,30 +71,6 @@ class PatchEmbed(nnx.Module):
     return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
-def gelu(x: jax.Array) -> jax.Array:
-  """Exact GELU in torch's form, x/2 · (1 + erf(x/√2)).
-
-  `jax.nn.gelu(approximate=False)` uses erfc, which XLA:CPU expands into exp, a division and
-  selects; erf is one rational polynomial, so forward and backward are cheaper. Same function in
-  fp32 (differences at the ulp level, as between any two exact GELUs).
-  """
-  return 0.5 * x * (1.0 + jax.lax.erf(x * _SQRT1_2))
-
-
-def heads_major_attention(qkv: jax.Array) -> jax.Array:
-  """Softmax attention of a fused (B, N, 3, H, Dh) projection → (B, N, H, Dh).
-
-  The same arithmetic as `jax.nn.dot_product_attention` (logits scaled by 1/√Dh, softmax in fp32)
-  written with one transpose of qkv to (3, B, H, N, Dh) so that both products are plain batched
-  matmuls. On XLA:CPU this avoids the transposed softmax copies of the generic path.
-  """
-  head_dim = qkv.shape[-1]
-  q, k, v = qkv.transpose(2, 0, 3, 1, 4)
-  logits = jnp.einsum('bhqd,bhkd->bhqk', q, k, preferred_element_type=jnp.float32)
-  probs = jax.nn.softmax(logits * (head_dim**-0.5), axis=-1).astype(v.dtype)
-  return jnp.einsum('bhqk,bhkd->bqhd', probs, v)
-
-
 class Attention(nnx.Module):
   def __init__(self, dim: int, num_heads: int, *, attention_impl: str | None, dtype: Any,
                param_dtype: Any, rngs: nnx.Rngs):
@@ -112,11 +86,8 @@ class Attention(nnx.Module):
     b, n, d = x.shape
     # timm's fused layout: output channel = (which of q/k/v, head, head_dim).
     qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
-    if self.attention_impl is None and jax.default_backend() == 'cpu':
-      out = heads_major_attention(qkv)
-    else:
-      out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
-                                         implementation=self.attention_impl)
+    out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
+                                       implementation=self.attention_impl)
     return self.proj(out.reshape(b, n, d))
 
 
@@ -127,7 +98,7 @@ class Mlp(nnx.Module):
     self.fc2 = linear(hidden, dim, ('mlp', 'embed'), **kw)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.fc2(gelu(self.fc1(x)))
+    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 
 class Block(nnx.Module):
