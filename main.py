@@ -84,5 +84,5 @@ class _QuietLibraries(logging.logging.Filter):
 
 if __name__ == '__main__':
   logging.set_verbosity(logging.INFO)
-  logging.logging.getLogger('absl').addFilter(_QuietLibraries())
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   app.run(main)

@@ -68,27 +68,33 @@ def _identity(rng: np.random.Generator, size: int) -> dict:
   """A person and a scene: skin, hair, face shape, feature spacing, background, lighting."""
   light, dark = np.array([196, 214, 238]), np.array([52, 78, 112])  # BGR skin extremes
   skin = (light + rng.uniform(0, 1) * (dark - light) + rng.normal(0, 8, 3)).clip(0, 255)
-  background = np.empty((size, size, 3), np.uint8)
-  background[:] = rng.integers(30, 220, 3)
-  for _ in range(int(rng.integers(4, 10))):  # clutter: boxes, discs and lines of random colour
-    color = tuple(int(c) for c in rng.integers(0, 256, 3))
-    p, q = rng.integers(0, size, 2), rng.integers(0, size, 2)
-    kind = rng.integers(3)
-    if kind == 0:
-      cv2.rectangle(background, tuple(int(v) for v in p), tuple(int(v) for v in q), color, -1)
-    elif kind == 1:
-      cv2.circle(background, tuple(int(v) for v in p), int(rng.integers(4, size // 4)), color, -1)
-    else:
-      cv2.line(background, tuple(int(v) for v in p), tuple(int(v) for v in q), color,
-               int(rng.integers(1, 4)))
   return {
       'skin': skin, 'hair': rng.integers(10, 120, 3) * rng.uniform(0.3, 1.0),
       'face_axes': (rng.uniform(36, 42), rng.uniform(48, 55)), 'eye_dx': rng.uniform(-2, 2),
       'eye_size': rng.uniform(6, 8.5), 'brow_width': int(rng.integers(2, 4)),
-      'lip': (skin * np.array([0.75, 0.7, 1.1])).clip(0, 255), 'background': background,
+      'lip': (skin * np.array([0.75, 0.7, 1.1])).clip(0, 255),
+      'background': rng.integers(30, 220, 3),
       'light_angle': rng.uniform(0, 2 * np.pi), 'light_strength': rng.uniform(0.0, 0.35),
       'brightness': rng.uniform(0.75, 1.15), 'quality': (int(rng.integers(45, 70)), 95),
   }
+
+
+def _background(color: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+  """The scene behind the face: the identity's colour with clutter (boxes, discs, lines) drawn anew
+  each frame, so the background tells nothing about the person (a shortcut a model would learn)."""
+  img = np.empty((size, size, 3), np.uint8)
+  img[:] = color
+  for _ in range(int(rng.integers(4, 10))):
+    c = tuple(int(v) for v in rng.integers(0, 256, 3))
+    p, q = (tuple(int(v) for v in rng.integers(0, size, 2)) for _ in range(2))
+    kind = rng.integers(3)
+    if kind == 0:
+      cv2.rectangle(img, p, q, c, -1)
+    elif kind == 1:
+      cv2.circle(img, p, int(rng.integers(4, size // 4)), c, -1)
+    else:
+      cv2.line(img, p, q, c, int(rng.integers(1, 4)))
+  return img
 
 
 def _pt(x: float, y: float, s: float) -> tuple[int, int]:
@@ -100,7 +106,7 @@ def render_face(identity: dict, expression: np.ndarray, rng: np.random.Generator
   """One BGR frame: the identity's face showing ``expression`` (8 parameters, see PROTOTYPES)."""
   eye_open, brow_raise, brow_slant, curve, mouth_open, mouth_width, asym, wrinkle = expression
   s = size / 112.0
-  img = identity['background'].copy()
+  img = _background(identity['background'], rng, size)
   skin = tuple(float(c) for c in identity['skin'])
   ax, ay = identity['face_axes']
   hair = identity['hair'].tolist()
