@@ -34,7 +34,6 @@ def fusion_config(size: str = 'base', img_size: int = 224) -> ml_collections.Con
   config.num_epochs = 2.0
   config.total_steps = -1
   config.warmup_fraction = 0.05
-  config.warmup_steps = -1           # set from warmup_fraction
   config.base_lr = 1e-3
   config.min_lr = 1e-6
   config.grad_accum_steps = 1

@@ -15,6 +15,7 @@ from typing import Any
 
 import grain
 import jax
+from absl import logging
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -174,3 +175,19 @@ class Preemption:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None
+
+
+def open_and_resume(config: Any, workdir: str, state: Any, state_shardings: Any, data_iter: Any
+                    ) -> tuple[TrainCheckpointer, Any]:
+  """The program's checkpoint manager (`workdir/checkpoints`, interval and retention from the
+  config) and the state to start from: the latest checkpoint's if there is one (placed as
+  `state_shardings` say, the data iterator moved to its position), else `state` itself."""
+  ckpt = TrainCheckpointer(
+      os.path.join(workdir, 'checkpoints'), save_every=config.checkpoint_every,
+      keep=config.keep_checkpoints, use_async=config.get('async_checkpoints', True))
+  if (latest := ckpt.latest_step()) is not None:
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            state, state_shardings)
+    state = ckpt.restore(latest, abstract, data_iter)
+    logging.info('resumed from %s/%d', ckpt.directory, latest)
+  return ckpt, state

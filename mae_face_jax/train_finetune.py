@@ -140,27 +140,23 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       int(config.num_epochs * steps_per_epoch))
   eval_every = int(config.get('eval_every_steps', -1))
   eval_every = eval_every if eval_every > 0 else steps_per_epoch
-  if config.warmup_steps < 0:
-    config.warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+  warmup = (config.warmup_steps if config.warmup_steps >= 0
+            else int(config.warmup_epochs * steps_per_epoch))
 
   # Model (pretrained encoder, new head) and AdamW with layer-wise lr decay.
   build = lambda: build_vit(config.model, nnx.Rngs(config.seed))
   _, abstract_params, _ = ts.abstract_model(build)
   abstract_params = nnx.to_pure_dict(abstract_params)
   scales = optim.layer_decay_scales(abstract_params, config.model.depth, config.layer_decay)
-  tx, schedule = optim.make_optimizer(config, abstract_params, num_steps, lr_scales=scales)
+  tx, schedule = optim.make_optimizer(config, abstract_params, num_steps, lr_scales=scales,
+                                      warmup_updates=warmup)
   pretrained, source_name = pretrained_params(config)
   if pretrained is None:
     logging.warning('config.init names no pretrained weights: training from random init')
   graphdef, state, state_shardings, fixed, fixed_shardings = ts.create_train_state(
       build, config.seed, mesh, tx, pretrained, source_name)
 
-  ckpt = checkpointing.TrainCheckpointer(
-      os.path.join(workdir, 'checkpoints'), save_every=config.checkpoint_every,
-      keep=config.keep_checkpoints, use_async=config.get('async_checkpoints', True))
-  if (latest := ckpt.latest_step()) is not None:
-    state = ckpt.restore(latest, ts.abstract_with_shardings(state, state_shardings), data_iter)
-    logging.info('resumed from %s/checkpoints/%d', workdir, latest)
+  ckpt, state = checkpointing.open_and_resume(config, workdir, state, state_shardings, data_iter)
   step = int(state['step'])
   best_path = os.path.join(workdir, 'best.json')
   best = json.load(open(best_path)) if os.path.exists(best_path) else {'macro_f1': -1.0}

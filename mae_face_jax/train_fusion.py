@@ -105,7 +105,8 @@ def train_head(config: Any, method: str, batches: Iterator[dict[str, Any]], clas
                     rngs=nnx.Rngs(config.seed))
   graphdef, params, rest = nnx.split(head, nnx.Param, ...)
   params = nnx.to_pure_dict(params)
-  tx, schedule = optim.make_optimizer(config, params, num_steps)
+  tx, schedule = optim.make_optimizer(config, params, num_steps,
+                                      warmup_updates=int(config.warmup_fraction * num_steps))
   opt_state = tx.init(params)
   weights = jnp.asarray(class_weights)
 
@@ -217,7 +218,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     train = extract_features(encode, config, train_source)
   num_steps = config.total_steps if config.total_steps > 0 else int(
       config.num_epochs * len(train_source) // config.batch_size)
-  config.warmup_steps = int(config.warmup_fraction * num_steps)
 
   # One head per key generator.
   probs = {'face only': single_view_probs(config.face_workdir, val),

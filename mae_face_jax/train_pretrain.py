@@ -127,12 +127,7 @@ def train_and_evaluate(config: Any, workdir: str) -> ts.State:
   num_patches = (config.model.img_size // config.model.patch_size) ** 2
 
   # Resume if this workdir holds a checkpoint (a checkpoint of another config is refused).
-  ckpt = checkpointing.TrainCheckpointer(
-      os.path.join(workdir, 'checkpoints'), save_every=config.checkpoint_every,
-      keep=config.keep_checkpoints, use_async=config.get('async_checkpoints', True))
-  if (latest := ckpt.latest_step()) is not None:
-    state = ckpt.restore(latest, ts.abstract_with_shardings(state, state_shardings), data_iter)
-    logging.info('resumed from %s/checkpoints/%d', workdir, latest)
+  ckpt, state = checkpointing.open_and_resume(config, workdir, state, state_shardings, data_iter)
   step = int(state['step'])
 
   train_step = make_train_step(graphdef, tx, num_patches, state_shardings, fixed_shardings, mesh)

@@ -126,9 +126,3 @@ def merge_model(graphdef: nnx.GraphDef, params: Any, fixed: nnx.State,
   else:
     nnx.reseed(model, default=drop_key)
   return model
-
-
-def abstract_with_shardings(state: State, shardings: Any) -> Any:
-  """ShapeDtypeStructs carrying shardings: the restore target of a checkpoint."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      state, shardings)

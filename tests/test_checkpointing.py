@@ -26,7 +26,9 @@ def _state(config, mesh):
   return state, shardings
 
 
-_abstract = ts.abstract_with_shardings
+def _abstract(state, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state, shardings)
 
 
 def test_state_and_data_position_round_trip(tmp_path):
