@@ -46,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--xla-flags', default='',
                  help="extra XLA flags appended to XLA_FLAGS; write --xla-flags='--flag=value'")
   p.add_argument('--attention-impl', default=None, choices=[None, 'xla', 'cudnn'])
+  p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
+                 help='JAX compute dtype (params stay fp32); bfloat16 for the MFU figure on GPU/TPU')
   p.add_argument('--only', choices=['jax', 'torch'], default=None, help='time one side only')
   p.add_argument('--torch-threads', type=int, default=None, help='torch.set_num_threads')
   p.add_argument('--seed', type=int, default=0)
@@ -71,7 +73,7 @@ def cpu_name() -> str:
   return platform.processor() or platform.machine()
 
 
-def jax_step_fn(size, img_size, mask_ratio, attention_impl, torch_state, seed):
+def jax_step_fn(size, img_size, mask_ratio, attention_impl, torch_state, seed, dtype='float32'):
   """Builds the JAX model (weights from the torch model) and a jitted, state-donating train step."""
   import jax
   import jax.numpy as jnp
@@ -85,6 +87,7 @@ def jax_step_fn(size, img_size, mask_ratio, attention_impl, torch_state, seed):
   cfg = model_config(size, img_size)
   cfg.mask_ratio = mask_ratio
   cfg.attention_impl = attention_impl
+  cfg.dtype = dtype
   model = build_mae(cfg, nnx.Rngs(seed))
   if torch_state is not None:
     import_state_dict(model, torch_state, source='torch reference')
@@ -109,7 +112,29 @@ def jax_step_fn(size, img_size, mask_ratio, attention_impl, torch_state, seed):
     state['params'], state['opt'], loss = step(state['params'], state['opt'], rest, imgs, noise)
     return loss
 
+  def flops(imgs, noise) -> float:
+    """FLOPs of one step as XLA counts them for the compiled program."""
+    cost = step.lower(state['params'], state['opt'], rest, imgs, noise).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get('flops', 0.0))
+
+  run.flops = flops
   return run
+
+
+def matmul_peak_flops(dtype: str, device, n: int) -> float:
+  """The machine's measured matmul rate (FLOP/s): the best of repeated n×n×n products."""
+  import jax
+  import jax.numpy as jnp
+  a = jax.device_put(jnp.ones((n, n), dtype), device)
+  mm = jax.jit(lambda x: x @ x)
+  mm(a).block_until_ready()
+  best = float('inf')
+  for _ in range(5):
+    t0 = time.perf_counter()
+    mm(a).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n**3 / best
 
 
 def torch_step_fn(model, device):
@@ -157,7 +182,7 @@ def main(argv=None) -> None:
   sides = {}
   if args.only != 'torch':
     run_jax = jax_step_fn(args.size, args.img_size, args.mask_ratio, args.attention_impl,
-                          state_dict_numpy(tmodel), args.seed)
+                          state_dict_numpy(tmodel), args.seed, args.dtype)
     j_imgs = jax.device_put(jnp.asarray(imgs.transpose(0, 2, 3, 1)), jdev)  # NHWC
     j_noise = jax.device_put(jnp.asarray(noise), jdev)
     sides['jax'] = lambda: float(run_jax(j_imgs, j_noise))  # float() waits for the result
@@ -171,7 +196,8 @@ def main(argv=None) -> None:
     sides['torch'] = torch_once
 
   print(f'MAE train step: size={args.size} img={args.img_size} batch={batch} '
-        f'mask_ratio={args.mask_ratio} fp32, fwd+bwd+AdamW', flush=True)
+        f'mask_ratio={args.mask_ratio} JAX compute {args.dtype} (PyTorch fp32), fwd+bwd+AdamW',
+        flush=True)
   print(f'machine: {cpu_name()}, {os.cpu_count()} logical CPUs; python {platform.python_version()}')
   print(f'jax {jax.__version__} on {jdev.device_kind} ({jdev.platform}); '
         f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
@@ -207,8 +233,18 @@ def main(argv=None) -> None:
   for name, t in times.items():
     print(f'{name:5s} median {med[name]:.3f} s/step (min {min(t):.3f}, max {max(t):.3f}, '
           f'{len(t)} steps; process CPU time median {statistics.median(cpu[name]):.2f} s/step)')
+  for name in med:
+    print(f'{name:5s} {batch / med[name]:.2f} images/s')
   if len(med) == 2:
     print(f'ratio = JAX time / PyTorch time = {med["jax"] / med["torch"]:.3f}')
+    print(f'throughput ratio = JAX images/s / PyTorch images/s = {med["torch"] / med["jax"]:.3f}')
+  if 'jax' in med:
+    step_flops = run_jax.flops(j_imgs, j_noise)
+    peak = matmul_peak_flops(args.dtype, jdev, 8192 if on_gpu else 2048)
+    achieved = step_flops / med['jax']
+    print(f'JAX step: {step_flops / 1e9:.1f} GFLOP (XLA cost analysis), {achieved / 1e12:.3f} TFLOP/s; '
+          f'measured {args.dtype} matmul peak {peak / 1e12:.3f} TFLOP/s; '
+          f'model FLOPs utilisation (MFU) = {achieved / peak:.3f}')
 
 
 if __name__ == '__main__':
