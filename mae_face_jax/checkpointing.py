@@ -22,19 +22,15 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from mae_face_jax.models.vit import PosEmbed
+from mae_face_jax.train_state import flatten
 
 # What a model's checkpoint holds: trained parameters and fixed position tables.
 MODEL_VARIABLES = nnx.Any(nnx.Param, PosEmbed)
 
 
-def _flat(tree: Any) -> dict[str, Any]:
-  return {jax.tree_util.keystr(k, simple=True, separator='.'): v
-          for k, v in jax.tree_util.tree_leaves_with_path(tree)}
-
-
 def check_compatible(restored: Any, expected: Any, source: str) -> None:
   """Raises naming the first parameter whose presence or shape differs (checkpoint of another config)."""
-  got, want = _flat(restored), _flat(expected)
+  got, want = flatten(restored), flatten(expected)
   for key in want:
     if key not in got:
       raise ValueError(f'{source}: checkpoint has no parameter {key} (saved from another config?)')

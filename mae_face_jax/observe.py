@@ -18,6 +18,8 @@ import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+from mae_face_jax.models.mae import patchify, unpatchify
+
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -101,18 +103,6 @@ class SummaryWriter:
       self._writer = None
 
 
-def _patchify(imgs: np.ndarray, p: int) -> np.ndarray:
-  b, h, w, c = imgs.shape
-  x = imgs.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, (h // p) * (w // p), p * p * c)
-
-
-def _unpatchify(x: np.ndarray, p: int, h: int, w: int) -> np.ndarray:
-  b = x.shape[0]
-  x = x.reshape(b, h // p, w // p, p, p, -1).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, h, w, -1)
-
-
 def reconstruction_grid(images: np.ndarray, pred: np.ndarray, mask: np.ndarray, patch_size: int,
                         norm_pix_loss: bool, max_rows: int = 8) -> np.ndarray:
   """Rows of original | masked | reconstruction (visible patches pasted back), in [0, 1].
@@ -123,17 +113,17 @@ def reconstruction_grid(images: np.ndarray, pred: np.ndarray, mask: np.ndarray, 
   """
   images, pred = np.asarray(images, np.float32)[:max_rows], np.asarray(pred, np.float32)[:max_rows]
   mask = np.asarray(mask, np.float32)[:max_rows]
-  b, h, w, _ = images.shape
-  target = _patchify(images, patch_size)
+  b, _, _, c = images.shape
+  target = np.asarray(patchify(images, patch_size))
   if norm_pix_loss:
     mean = target.mean(-1, keepdims=True)
     std = np.sqrt(target.var(-1, keepdims=True, ddof=1) + 1e-6)
     pred = pred * std + mean
   m = mask[:, :, None]
-  recon = _unpatchify(target * (1 - m) + pred * m, patch_size, h, w)
+  recon = np.asarray(unpatchify(target * (1 - m) + pred * m, patch_size, c))
   to_rgb = lambda x: np.clip(x * IMAGENET_STD + IMAGENET_MEAN, 0.0, 1.0)
   masked_rgb = to_rgb(images)
-  masked_rgb[_unpatchify(np.broadcast_to(m, target.shape), patch_size, h, w) > 0] = 0.5  # gray
+  masked_rgb[np.asarray(unpatchify(np.broadcast_to(m, target.shape), patch_size, c)) > 0] = 0.5  # gray
   rows = [np.concatenate([to_rgb(images[i]), masked_rgb[i], to_rgb(recon[i])], axis=1)
           for i in range(b)]
   return np.concatenate(rows, axis=0)

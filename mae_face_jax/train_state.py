@@ -31,16 +31,10 @@ def abstract_model(build: Builder) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
   return nnx.split(nnx.eval_shape(build), nnx.Param, ...)
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  """Nested dict → {'blocks.0.attn.qkv.kernel': leaf}."""
-  out = {}
-  for k, v in tree.items():
-    name = f'{prefix}{k}'
-    if isinstance(v, Mapping):
-      out.update(flatten(v, name + '.'))
-    else:
-      out[name] = v
-  return out
+def flatten(tree: Any) -> dict[str, Any]:
+  """Nested tree → {'blocks.0.attn.qkv.kernel': leaf}."""
+  return {jax.tree_util.keystr(path, simple=True, separator='.'): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def select_pretrained(params: Any, pretrained: Mapping[str, np.ndarray], source: str,

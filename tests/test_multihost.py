@@ -16,7 +16,8 @@ import subprocess
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mae_face_jax import checkpointing, train_pretrain
+from mae_face_jax.train_state import flatten
+from mae_face_jax import train_pretrain
 from tests import pretrain_runner as runner
 
 
@@ -61,7 +62,7 @@ def test_two_processes_match_one_process(tmp_path):
   pm, step_m = train_pretrain.load_pretrained_params(multi)
   ps, step_s = train_pretrain.load_pretrained_params(single)
   assert step_m == step_s == 3
-  fm, fs = checkpointing._flat(pm), checkpointing._flat(ps)
+  fm, fs = flatten(pm), flatten(ps)
   for k in fs:
     np.testing.assert_allclose(fm[k], fs[k], rtol=1e-4, atol=2e-5, err_msg=k)
 

@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from input_pipeline import demo_data
+from mae_face_jax.train_state import flatten
 from mae_face_jax import checkpointing, train_pretrain
 from tests import pretrain_runner as runner
 
@@ -51,14 +52,14 @@ def test_sigkill_mid_run_then_restart_is_bit_exact(tmp_path, demo_root):
 
   (pa, step_a), (pb, step_b) = _params(straight), _params(killed)  # keep=3: 16, 20, 24
   assert step_a == step_b == 24
-  flat_a = {k: v for k, v in checkpointing._flat(pa).items()}
-  flat_b = checkpointing._flat(pb)
+  flat_a = {k: v for k, v in flatten(pa).items()}
+  flat_b = flatten(pb)
   assert flat_a.keys() == flat_b.keys()
   for k in flat_a:
     assert np.array_equal(flat_a[k], flat_b[k]), f'{k} differs after resume'
   # And training did move them (the comparison is not vacuous).
   first, _ = train_pretrain.load_pretrained_params(straight, step=16)
-  assert not np.array_equal(checkpointing._flat(first)['blocks.0.mlp.fc1.kernel'],
+  assert not np.array_equal(flatten(first)['blocks.0.mlp.fc1.kernel'],
                             flat_a['blocks.0.mlp.fc1.kernel'])
 
 
