@@ -20,6 +20,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.program = 'demo'
   config.workdir = 'workdir/demo'  # used when --workdir is not given
   config.data = ml_collections.ConfigDict(dict(source='demo', root=''))
+  # True: also fine-tune both views from random init on the same budget and write
+  # pretraining_gain.md (what stage 1 is worth); stages already done are not redone.
+  config.random_init_baseline = False
 
   pre = pretrain_config(SIZE, IMG)
   pre.model.update(ENCODER)
@@ -37,14 +40,18 @@ def get_config() -> ml_collections.ConfigDict:
     ft = finetune_config(view, SIZE, IMG)
     ft.model.update(ENCODER)
     ft.data.update(config.data)
-    ft.batch_size = 64
+    ft.batch_size = 32                # more, smaller steps: the demo is step-bound, not data-bound
     ft.eval_batch_size = 128
-    ft.num_epochs = 2.0
-    ft.warmup_epochs = 0.3
-    ft.base_lr = 4e-3
-    ft.layer_decay = 0.75
-    # Milder augmentation than ImageNet's: the demo's expression cues are a few pixels wide.
-    ft.data.scale = (0.5, 1.0)
+    ft.num_epochs = 4.0
+    ft.warmup_epochs = 0.5
+    ft.base_lr = 6e-3
+    ft.layer_decay = 0.85             # 6 blocks, not ViT-B's 12: lower blocks still need to move
+    # Milder augmentation than ImageNet's: the demo's expression cues are a few pixels wide and
+    # read against the aligned face's geometry, which large random zooms (scale 0.5: 1.4x) and the
+    # evaluation's centre crop would blur (measured from random init, 2 epochs: best val macro F1
+    # 0.10 with scale (0.5, 1) and crop_pct 0.875, 0.17 with these).
+    ft.data.scale = (0.85, 1.0)
+    ft.data.crop_pct = 1.0
     ft.data.rand_augment = None
     ft.data.erase_prob = 0.0
     ft.class_weights = 'sqrt_inverse_frequency'

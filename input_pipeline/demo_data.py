@@ -47,6 +47,9 @@ PROTOTYPES = np.array([
     [1.40, 1.1, 0.1, 0.0, 1.00, 0.80, 0.0, 0.0],    # Surprise: brows high, eyes wide, round open mouth
     [0.80, 0.4, -0.2, 0.4, 0.15, 1.00, 0.8, 0.0],   # Other: smirk-like asymmetric mix
 ])
+# Pixels an expression moves a feature per unit of its parameter (brow, brow slant, smile, asymmetry,
+# mouth opening): large enough that a small ViT reads expressions before it learns who the person is.
+MOTION_PX = dict(brow=8.0, slant=7.0, curve=12.0, asym=6.0, open_up=3.5, open_down=17.0)
 PARAM_NOISE = np.array([0.12, 0.2, 0.2, 0.2, 0.08, 0.08, 0.2, 0.2])
 
 
@@ -123,8 +126,8 @@ def render_face(identity: dict, expression: np.ndarray, rng: np.random.Generator
       cv2.circle(img, _pt(ex, ey, s), max(1, int(round(min(2.8, eh) * s))), dark, -1, cv2.LINE_AA)
     cv2.ellipse(img, _pt(ex, ey, s), eye_axes, 0, 180, 360, dark, 1, cv2.LINE_AA)
     # Brow: outer and inner ends; slant > 0 lifts the inner end (sadness, fear), < 0 lowers it (anger).
-    by = ey - 9.5 - 5.0 * brow_raise
-    outer, inner = (ex + side * 10, by + 1), (ex - side * 7, by - 4.5 * brow_slant)
+    by = ey - 9.5 - MOTION_PX['brow'] * brow_raise
+    outer, inner = (ex + side * 10, by + 1), (ex - side * 7, by - MOTION_PX['slant'] * brow_slant)
     cv2.line(img, _pt(*outer, s), _pt(*inner, s), hair, identity['brow_width'], cv2.LINE_AA)
   shade = tuple(c * 0.7 for c in skin)
   cv2.line(img, _pt(56, 58, s), _pt(55, 71, s), shade, 1, cv2.LINE_AA)  # nose ridge to tip (56, 71.7)
@@ -137,8 +140,9 @@ def render_face(identity: dict, expression: np.ndarray, rng: np.random.Generator
   # the right corner lifts with `asym`, the lower lip opens with `mouth_open`.
   w = 14.5 * mouth_width
   xs = np.linspace(-1, 1, 15)
-  upper = 92.3 - 8.0 * curve * xs ** 2 - 4.0 * asym * np.clip(xs, 0, 1) - 2.5 * mouth_open * (1 - xs ** 2)
-  lower = upper + 12.0 * mouth_open * (1 - xs ** 2) + 0.5
+  upper = (92.3 - MOTION_PX['curve'] * curve * xs ** 2 - MOTION_PX['asym'] * asym * np.clip(xs, 0, 1)
+           - MOTION_PX['open_up'] * mouth_open * (1 - xs ** 2))
+  lower = upper + MOTION_PX['open_down'] * mouth_open * (1 - xs ** 2) + 0.5
   top = np.stack([56 + w * xs, upper], 1)
   bottom = np.stack([56 + w * xs[::-1], lower[::-1]], 1)
   poly = (np.concatenate([top, bottom]) * s).round().astype(np.int32)
@@ -167,7 +171,7 @@ def _video_script(num_frames: int, rng: np.random.Generator) -> tuple[np.ndarray
   t, prev_label, prev = 0, 0, PROTOTYPES[0]
   while t < num_frames:
     label = int(rng.choice(len(CLASSES), p=CLASS_PRIOR))
-    intensity = rng.uniform(0.45, 1.1)  # weak expressions overlap with Neutral and each other
+    intensity = rng.uniform(0.6, 1.1)  # weak expressions overlap with Neutral and each other
     target = PROTOTYPES[0] + intensity * (PROTOTYPES[label] - PROTOTYPES[0]) + rng.normal(0, PARAM_NOISE)
     length, ramp = int(rng.integers(12, 45)), int(rng.integers(3, 8))
     for i in range(min(length, num_frames - t)):

@@ -6,6 +6,7 @@ last step), so an interrupted demo picks up where it stopped.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -44,9 +45,39 @@ def run(config: Any, workdir: str) -> None:
   config.fusion.face_workdir = os.path.join(workdir, 'finetune_face')
   config.fusion.region_workdir = os.path.join(workdir, 'finetune_region')
   stage('fusion', train_fusion.train_and_evaluate, config.fusion)
+  if config.get('random_init_baseline'):
+    # The same fine-tuning from random initialisation: what stage-1 pretraining is worth.
+    results = {}
+    for key in ('finetune_face', 'finetune_region'):
+      scratch = config[key].copy_and_resolve_references()
+      scratch.init.pretrain_workdir = ''
+      results[key] = (_best_f1(os.path.join(workdir, key)),
+                      stage(key + '_random_init', train_finetune.train_and_evaluate, scratch)['macro_f1'])
+    write_pretraining_gain(workdir, config, results)
 
   total = time.perf_counter() - t0
   print('\nstage times: ' + ', '.join(f'{k} {v:.0f} s' for k, v in times.items()) +
         f'; total {total:.0f} s')
   print(f'report: {os.path.join(workdir, "fusion", "report")}/results.md, plots and '
         'submission_expr.txt beside it')
+  if config.get('random_init_baseline'):
+    print(f'pretrained vs random init: {os.path.join(workdir, "pretraining_gain.md")}')
+
+
+def _best_f1(finetune_workdir: str) -> float:
+  with open(os.path.join(finetune_workdir, 'best.json')) as f:
+    return float(json.load(f)['macro_f1'])
+
+
+def write_pretraining_gain(workdir: str, config: Any, results: dict[str, tuple[float, float]]) -> None:
+  """A table of best validation macro F1, fine-tuned from the stage-1 encoder vs from random init."""
+  lines = ['| view | from stage 1 (%d steps) | from random init | gain |' % config.pretrain.total_steps,
+           '|---|---|---|---|']
+  for key, (pretrained, scratch) in results.items():
+    lines.append(f'| {config[key].view} | {100 * pretrained:.2f} | {100 * scratch:.2f} | '
+                 f'{100 * (pretrained - scratch):+.2f} |')
+  text = ('Best validation macro F1 (%) of the same fine-tuning budget, '
+          f'{config.finetune_face.num_epochs:g} epochs a view:\n\n' + '\n'.join(lines) + '\n')
+  with open(os.path.join(workdir, 'pretraining_gain.md'), 'w') as f:
+    f.write(text)
+  print('\n' + text)

@@ -30,3 +30,14 @@ def summary(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | list[flo
   f1 = per_class_f1(labels, preds, probs.shape[-1])
   return {'macro_f1': float(f1.mean()), 'accuracy': float(np.mean(preds == labels)),
           'per_class_f1': [float(v) for v in f1]}
+
+
+def uniform_chance(labels: np.ndarray, num_classes: int = NUM_CLASSES, draws: int = 200,
+                   seed: int = 0) -> dict[str, float | list[float]]:
+  """The `summary` of predictions drawn uniformly at random, averaged over `draws` draws: the
+  chance level of macro F1 on this split (it depends on the class frequencies)."""
+  rng = np.random.default_rng(seed)
+  f1s = np.stack([per_class_f1(labels, rng.integers(0, num_classes, len(labels)), num_classes)
+                  for _ in range(draws)])
+  return {'macro_f1': float(f1s.mean(1).mean()), 'accuracy': 1.0 / num_classes,
+          'per_class_f1': [float(v) for v in f1s.mean(0)]}

@@ -176,6 +176,7 @@ def write_report(workdir: str, val: Features, probs: dict[str, np.ndarray],
     results[f'{name} + smoothing (w={window})'] = metrics.summary(val['label'], smoothed)
     if curves[name][window] > best[0]:
       best = (curves[name][window], name, window)
+  results['chance (uniform random predictions)'] = metrics.uniform_chance(val['label'])
   report.write_results_table(workdir, results)
   _, name, window = best
   smoothed = smoothing.sliding_window_smooth(probs[name], val['video'], val['frame'], window)

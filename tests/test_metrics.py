@@ -39,3 +39,13 @@ def test_summary_and_confusion():
   assert s['accuracy'] == 0.75 and len(s['per_class_f1']) == 8
   cm = metrics.confusion(y, probs.argmax(-1))
   assert cm.shape == (8, 8) and cm[1, 2] == 1 and cm.sum() == 4
+
+
+def test_uniform_chance_matches_the_expected_f1_of_random_guessing():
+  # A class of frequency f guessed with probability 1/8 has precision f, recall 1/8: F1 = 2f/(8f + 1).
+  freq = np.array([0.3, 0.05, 0.02, 0.03, 0.2, 0.1, 0.1, 0.2])
+  labels = np.repeat(np.arange(8), (freq * 20000).astype(int))
+  chance = metrics.uniform_chance(labels, draws=20)
+  expected = 2 * freq / (8 * freq + 1)
+  np.testing.assert_allclose(chance['per_class_f1'], expected, atol=0.01)
+  assert chance['macro_f1'] == pytest.approx(expected.mean(), abs=0.005)

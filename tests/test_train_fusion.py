@@ -73,9 +73,15 @@ def test_report_files_exist(fused_run):
 def test_table_equals_metrics_recomputed_from_predictions(fused_run):
   report_dir, _, _ = fused_run
   rows = list(csv.DictReader(open(os.path.join(report_dir, 'results.csv'))))
-  assert len(rows) == 12
+  assert len(rows) == 13
   for row in rows:
     method = row['method']
+    if method.startswith('chance'):  # expected F1 of uniform random guesses on the same labels
+      labels = report.read_predictions(
+          os.path.join(report_dir, 'predictions_val_face_only.csv'))['label']
+      assert float(row['macro_f1']) == pytest.approx(
+          100 * metrics.uniform_chance(labels)['macro_f1'], abs=1e-3)
+      continue
     m = re.fullmatch(r'(.*) \+ smoothing \(w=(\d+)\)', method)
     base = m.group(1) if m else method
     pred = report.read_predictions(
