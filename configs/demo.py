@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     ft.data.update(config.data)
     ft.batch_size = 32                # more, smaller steps: the demo is step-bound, not data-bound
     ft.eval_batch_size = 128
-    ft.num_epochs = 4.0
+    ft.num_epochs = 3.0
     ft.warmup_epochs = 0.5
     ft.base_lr = 6e-3
     ft.layer_decay = 0.85             # 6 blocks, not ViT-B's 12: lower blocks still need to move
@@ -69,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
   fu.cache_features = True          # the demo's tokens fit in memory
   fu.batch_size = 128
   fu.eval_batch_size = 256
-  fu.num_epochs = 4.0
+  fu.num_epochs = 2.0
   fu.log_every = 50
   config.fusion = fu
   return config
