@@ -144,6 +144,15 @@ class TrainCheckpointer:
     self._mngr.close()
 
 
+_PREEMPTED = False  # a notice reached a training loop of this process (outlives its Preemption)
+
+
+def preempted() -> bool:
+  """Whether a program of this process stopped on a preemption notice: a chain of programs (the
+  demo) must then stop too instead of starting its next stage."""
+  return _PREEMPTED
+
+
 class Preemption:
   """Has a preemption notice (SIGTERM) arrived? Checked once per step by every process.
 
@@ -163,9 +172,13 @@ class Preemption:
     self._flag = True
 
   def reached(self, step: int) -> bool:
+    global _PREEMPTED
     if jax.process_count() > 1:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._flag
+      hit = multihost_utils.reached_preemption_sync_point(step)
+    else:
+      hit = self._flag
+    _PREEMPTED = _PREEMPTED or hit
+    return hit
 
   def close(self) -> None:
     if self._previous is not None:

@@ -14,7 +14,7 @@ from typing import Any
 from absl import logging
 
 from input_pipeline import demo_data
-from mae_face_jax import train_finetune, train_fusion, train_pretrain
+from mae_face_jax import checkpointing, train_finetune, train_fusion, train_pretrain
 
 
 def run(config: Any, workdir: str) -> None:
@@ -27,6 +27,10 @@ def run(config: Any, workdir: str) -> None:
     print(f'\n=== {name} ===', flush=True)
     out = fn(stage_config, os.path.join(workdir, name))
     times[name] = time.perf_counter() - start
+    if checkpointing.preempted():
+      print(f'=== {name} stopped by a preemption notice after {times[name]:.0f} s (checkpoint '
+            'saved); rerun the same command to resume ===', flush=True)
+      raise SystemExit(0)
     print(f'=== {name} done in {times[name]:.0f} s ===', flush=True)
     return out
 

@@ -120,3 +120,24 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
   assert f'resumed from {workdir}/checkpoints/2' in resumed.stderr
   names = os.listdir(os.path.join(workdir, 'checkpoints'))
   assert sorted(names, key=int) == ['4', '6', '8'], names  # leftover cleaned, keep=3
+
+
+def test_a_preemption_notice_outlives_the_program_that_saw_it(monkeypatch):
+  """The demo chains programs: once one stopped on SIGTERM, `preempted()` tells the chain to stop
+  rather than start the next stage (whose own handler would not know of the notice)."""
+  monkeypatch.setattr(checkpointing, '_PREEMPTED', False)
+  notice = checkpointing.Preemption()
+  try:
+    assert not notice.reached(1) and not checkpointing.preempted()
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.1)
+    assert notice.reached(2)
+  finally:
+    notice.close()
+  assert checkpointing.preempted()
+  later = checkpointing.Preemption()
+  try:
+    assert later.reached(3) is False  # a new program's own flag starts clear...
+  finally:
+    later.close()
+  assert checkpointing.preempted()  # ...but the process-wide record stays
