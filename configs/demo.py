@@ -67,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   fu.aux_blocks = 2                 # lower-level auxiliary features
   fu.fusion.num_heads = 3
   fu.cache_features = True          # the demo's tokens fit in memory
+  fu.class_weights = 'sqrt_inverse_frequency'  # as the face classifier each head starts from
   fu.batch_size = 128
   fu.eval_batch_size = 256
   fu.num_epochs = 2.0

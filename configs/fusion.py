@@ -24,6 +24,7 @@ def fusion_config(size: str = 'base', img_size: int = 224) -> ml_collections.Con
       num_heads=8,
       local_window=3,                # local attention: k×k neighbourhood on the patch grid
       updown_ratio=4.0,              # bottleneck MLP width / model width
+      start_from_main_view=True,     # the untrained head equals the face encoder's classifier
   ))
   # True: tokens of every frame computed once (deterministic view) and kept in memory;
   # False: computed on the fly from augmented frames (what Aff-Wild2-sized data needs).

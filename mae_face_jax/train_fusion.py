@@ -95,14 +95,31 @@ def augmented_batches(encode: Callable, config: Any, source: abaw.FrameSource
     yield {'face': face, 'region': region, 'label': batch['label']}
 
 
+def start_from_main_view(head: FusionHead, main_encoder: nnx.Module) -> None:
+  """Makes an untrained head compute exactly the main view's fine-tuned classifier: its pooling
+  norm and linear head copied from the encoder, both attention blocks' output projections zeroed
+  (their skip connections then pass the main tokens through). Training starts from the better of
+  the two views' classifiers instead of from a random one."""
+  if not main_encoder.global_pool or main_encoder.head is None:
+    raise ValueError('start_from_main_view needs a global_pool encoder with a classification head')
+  nnx.update(head.fc_norm, nnx.state(main_encoder.fc_norm, nnx.Param))
+  nnx.update(head.head, nnx.state(main_encoder.head, nnx.Param))
+  for attn in (head.self_attn, head.local_attn):
+    attn.proj.kernel[...] = jnp.zeros_like(attn.proj.kernel[...])
+    attn.proj.bias[...] = jnp.zeros_like(attn.proj.bias[...])
+
+
 def train_head(config: Any, method: str, batches: Iterator[dict[str, Any]], class_weights: np.ndarray,
-               num_steps: int) -> FusionHead:
-  """One fusion head trained with the fine-tuning losses (smoothed, class-weighted CE) and AdamW."""
+               num_steps: int, main_encoder: nnx.Module | None = None) -> FusionHead:
+  """One fusion head trained with the fine-tuning losses (smoothed, class-weighted CE) and AdamW;
+  it starts as `main_encoder`'s classifier when one is given (`start_from_main_view`)."""
   grid = (config.model.img_size // config.model.patch_size,) * 2
   head = FusionHead(dim=config.model.embed_dim, grid_size=grid, num_classes=config.model.num_classes,
                     key_generator=method, num_heads=config.fusion.num_heads,
                     local_window=config.fusion.local_window, updown_ratio=config.fusion.updown_ratio,
                     rngs=nnx.Rngs(config.seed))
+  if main_encoder is not None:
+    start_from_main_view(head, main_encoder)
   graphdef, params, rest = nnx.split(head, nnx.Param, ...)
   params = nnx.to_pure_dict(params)
   tx, schedule = optim.make_optimizer(config, params, num_steps,
@@ -228,7 +245,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     logging.info('training the fusion head with key generator %s for %d steps', method, num_steps)
     batches = (cached_batches(train, config.batch_size, config.seed) if train is not None
                else augmented_batches(encode, config, train_source))
-    heads[method] = train_head(config, method, batches, weights, num_steps)
+    heads[method] = train_head(config, method, batches, weights, num_steps,
+                               face_encoder if config.fusion.get('start_from_main_view') else None)
     checkpointing.save_params(os.path.join(workdir, 'heads', method), heads[method])
     probs[f'fusion {method}'] = predict_head(heads[method], val, config.eval_batch_size)
     logging.info('fusion %s: validation macro F1 %.4f', method,

@@ -7,7 +7,7 @@ from flax import nnx
 from mae_face_jax.models.fusion import (KEY_GENERATORS, FusionHead, frozen_view_tokens,
                                         local_attention_mask)
 from mae_face_jax.models.vit import VisionTransformer
-from tests.helpers import TINY_VIT, images
+from tests.helpers import TINY_VIT, images, randomize_params
 
 
 class Fused(nnx.Module):
@@ -69,3 +69,17 @@ def test_token_outside_window_has_zero_weight():
   moved = head.local_attn(h2, h2, mask=head.local_mask[None, None])
   np.testing.assert_allclose(moved[:, 0], base[:, 0], atol=1e-6)
   assert not np.allclose(moved[:, 10], base[:, 10])  # token 10 (row 2, col 2) sees it
+
+
+@pytest.mark.parametrize('method', KEY_GENERATORS)
+def test_head_started_from_the_main_view_is_its_classifier(method):
+  """Before training, a head started from the face encoder gives the face encoder's own logits,
+  whatever the auxiliary view shows (the attention residuals start at zero)."""
+  from mae_face_jax.train_fusion import start_from_main_view
+  model = Fused(method, aux_blocks=None)
+  model.face = VisionTransformer(**TINY_VIT, num_classes=8, rngs=nnx.Rngs(0))
+  randomize_params(model.face)  # a trained-looking classifier, not the near-zero initial head
+  start_from_main_view(model.head, model.face)
+  face, region = jnp.asarray(images(3, 32, 0)), jnp.asarray(images(3, 32, 1))
+  np.testing.assert_allclose(model(face, region), model.face(face), atol=1e-5)
+  np.testing.assert_allclose(model(face, region[::-1]), model.face(face), atol=1e-5)
