@@ -6,7 +6,6 @@ last step), so an interrupted demo picks up where it stopped.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 from absl import logging
 
 from input_pipeline import demo_data
-from mae_face_jax import checkpointing, train_finetune, train_fusion, train_pretrain
+from mae_face_jax import checkpointing, report, train_finetune, train_fusion, train_pretrain
 
 
 def run(config: Any, workdir: str) -> None:
@@ -43,9 +42,10 @@ def run(config: Any, workdir: str) -> None:
     config[key].data.root = root
 
   stage('pretrain', train_pretrain.train_and_evaluate, config.pretrain)
+  best_f1 = {}
   for key in ('finetune_face', 'finetune_region'):
     config[key].init.pretrain_workdir = os.path.join(workdir, 'pretrain')
-    stage(key, train_finetune.train_and_evaluate, config[key])
+    best_f1[key] = stage(key, train_finetune.train_and_evaluate, config[key])['macro_f1']
   config.fusion.face_workdir = os.path.join(workdir, 'finetune_face')
   config.fusion.region_workdir = os.path.join(workdir, 'finetune_region')
   stage('fusion', train_fusion.train_and_evaluate, config.fusion)
@@ -55,7 +55,7 @@ def run(config: Any, workdir: str) -> None:
     for key in ('finetune_face', 'finetune_region'):
       scratch = config[key].copy_and_resolve_references()
       scratch.init.pretrain_workdir = ''
-      results[key] = (_best_f1(os.path.join(workdir, key)),
+      results[key] = (best_f1[key],
                       stage(key + '_random_init', train_finetune.train_and_evaluate, scratch)['macro_f1'])
     write_pretraining_gain(workdir, config, results)
 
@@ -68,11 +68,6 @@ def run(config: Any, workdir: str) -> None:
     print(f'pretrained vs random init: {os.path.join(workdir, "pretraining_gain.md")}')
 
 
-def _best_f1(finetune_workdir: str) -> float:
-  with open(os.path.join(finetune_workdir, 'best.json')) as f:
-    return float(json.load(f)['macro_f1'])
-
-
 def write_pretraining_gain(workdir: str, config: Any, results: dict[str, tuple[float, float]]) -> None:
   """A table of best validation macro F1, fine-tuned from the stage-1 encoder vs from random init."""
   lines = ['| view | from stage 1 (%d steps) | from random init | gain |' % config.pretrain.total_steps,
@@ -82,6 +77,5 @@ def write_pretraining_gain(workdir: str, config: Any, results: dict[str, tuple[f
                  f'{100 * (pretrained - scratch):+.2f} |')
   text = ('Best validation macro F1 (%) of the same fine-tuning budget, '
           f'{config.finetune_face.num_epochs:g} epochs a view:\n\n' + '\n'.join(lines) + '\n')
-  with open(os.path.join(workdir, 'pretraining_gain.md'), 'w') as f:
-    f.write(text)
+  report.atomic_write_text(os.path.join(workdir, 'pretraining_gain.md'), text)
   print('\n' + text)

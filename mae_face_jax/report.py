@@ -19,7 +19,9 @@ from mae_face_jax import metrics  # noqa: E402
 CLASSES = metrics.EXPR_CLASSES
 
 
-def _atomic_write_text(path: str, text: str) -> None:
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes `text` to a temporary file beside `path`, then renames it over `path`: a reader never
+  sees a half-written file and a crash leaves the previous one intact."""
   tmp = f'{path}.tmp-{os.getpid()}'
   with open(tmp, 'w') as f:
     f.write(text)
@@ -32,7 +34,7 @@ def write_predictions(path: str, videos: Sequence[str], frames: np.ndarray, labe
   rows = ['video,frame,label,' + ','.join(CLASSES)]
   for v, f, y, p in zip(videos, frames, labels, probs):
     rows.append(f'{v},{int(f)},{int(y)},' + ','.join(f'{x:.6g}' for x in p))
-  _atomic_write_text(path, '\n'.join(rows) + '\n')
+  atomic_write_text(path, '\n'.join(rows) + '\n')
 
 
 def read_predictions(path: str) -> dict[str, np.ndarray]:
@@ -61,9 +63,9 @@ def write_results_table(workdir: str, results: Mapping[str, Mapping[str, float |
     f1 = [100 * x for x in r['per_class_f1']]
     md.append(f'| {name} | {100 * r["macro_f1"]:.2f} | ' + ' | '.join(f'{x:.1f}' for x in f1) + ' |')
     lines.append(f'{name},{100 * r["macro_f1"]:.4f},' + ','.join(f'{x:.4f}' for x in f1))
-  _atomic_write_text(os.path.join(workdir, 'results.md'), '\n'.join(md) + '\n')
-  _atomic_write_text(os.path.join(workdir, 'results.csv'), '\n'.join(lines) + '\n')
-  _atomic_write_text(os.path.join(workdir, 'results.json'), json.dumps(results, indent=1))
+  atomic_write_text(os.path.join(workdir, 'results.md'), '\n'.join(md) + '\n')
+  atomic_write_text(os.path.join(workdir, 'results.csv'), '\n'.join(lines) + '\n')
+  atomic_write_text(os.path.join(workdir, 'results.json'), json.dumps(results, indent=1))
 
 
 def plot_confusion(path: str, labels: np.ndarray, preds: np.ndarray, title: str) -> None:
@@ -136,4 +138,4 @@ def write_submission(path: str, videos: Sequence[str], frames: np.ndarray, preds
   order = sorted(range(len(frames)), key=lambda i: (videos[i], int(frames[i])))
   rows = ['image_location,' + ','.join(CLASSES)]
   rows += [f'{videos[i]}/{int(frames[i]):05d}.jpg,{int(preds[i])}' for i in order]
-  _atomic_write_text(path, '\n'.join(rows) + '\n')
+  atomic_write_text(path, '\n'.join(rows) + '\n')

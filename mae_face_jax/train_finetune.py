@@ -113,10 +113,8 @@ def save_best(workdir: str, params: Any, result: Mapping[str, Any], step: int) -
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(workdir, 'best'), params, force=True)
   if observe.is_chief():
-    tmp = os.path.join(workdir, f'best.json.tmp-{os.getpid()}')
-    with open(tmp, 'w') as f:
-      json.dump(dict(result, step=step), f, indent=1)
-    os.replace(tmp, os.path.join(workdir, 'best.json'))
+    report.atomic_write_text(os.path.join(workdir, 'best.json'),
+                             json.dumps(dict(result, step=step), indent=1))
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
