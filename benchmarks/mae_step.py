@@ -11,6 +11,7 @@ so that load from other processes hits both sides alike; the medians and
   python benchmarks/mae_step.py --size tiny --steps 5
   python benchmarks/mae_step.py --xla-flags='--xla_cpu_experimental_ynn_fusion_type='  # Eigen dots
   python benchmarks/mae_step.py --fast-math           # opt-in, changes numerics; said in the output
+  python benchmarks/mae_step.py --breakdown           # + forward, backward, optimizer times per side
 
 XLA flags must be set before JAX starts, so this script parses its arguments and sets `XLA_FLAGS`
 before importing JAX. On a CPU that other processes share, PyTorch's OpenMP threads lose far more
@@ -50,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help='JAX compute dtype (params stay fp32); bfloat16 for the MFU figure on GPU/TPU')
   p.add_argument('--only', choices=['jax', 'torch'], default=None, help='time one side only')
   p.add_argument('--torch-threads', type=int, default=None, help='torch.set_num_threads')
+  p.add_argument('--breakdown', action='store_true',
+                 help='also time forward and forward+backward alone on both sides (where the time goes)')
   p.add_argument('--seed', type=int, default=0)
   return p.parse_args(argv)
 
@@ -119,6 +122,13 @@ def jax_step_fn(size, img_size, mask_ratio, attention_impl, torch_state, seed, d
     return float(cost.get('flops', 0.0))
 
   run.flops = flops
+  # The step's phases on the current parameters (nothing donated): for --breakdown.
+  loss_jit = jax.jit(loss_fn)
+  grad_jit = jax.jit(jax.value_and_grad(loss_fn))
+  run.phases = {
+      'forward': lambda imgs, noise: loss_jit(state['params'], rest, imgs, noise),
+      'forward+backward': lambda imgs, noise: grad_jit(state['params'], rest, imgs, noise)[0],
+  }
   return run
 
 
@@ -151,7 +161,41 @@ def torch_step_fn(model, device):
     opt.step()
     return loss
 
+  def forward_backward(imgs, noise):
+    loss = model(imgs, noise)[0]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss
+
+  # Forward as in training (autograd records it), then dropped: what the step's forward costs.
+  run.phases = {'forward': lambda imgs, noise: model(imgs, noise)[0],
+                'forward+backward': forward_backward}
   return run
+
+
+def print_breakdown(phases: dict, step_median: dict, reps: int) -> None:
+  """Medians of forward and forward+backward alone (sides alternating, as the step), and what the
+  optimizer update adds (step - forward+backward); one row per phase, JAX / PyTorch ratio last."""
+  rows = {}
+  for phase, fns in phases.items():
+    for fn in fns.values():
+      fn()  # compile / warm up
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+      for name, fn in fns.items():
+        t0 = time.perf_counter()
+        fn()
+        times[name].append(time.perf_counter() - t0)
+    rows[phase] = {name: statistics.median(t) for name, t in times.items()}
+  rows['backward (difference)'] = {n: rows['forward+backward'][n] - rows['forward'][n]
+                                   for n in rows['forward']}
+  rows['optimizer update (difference)'] = {n: step_median[n] - rows['forward+backward'][n]
+                                           for n in rows['forward']}
+  rows['whole step'] = dict(step_median)
+  print('breakdown (median s):')
+  for phase, t in rows.items():
+    ratio = f'  ratio {t["jax"] / t["torch"]:.2f}' if len(t) == 2 else ''
+    print(f'  {phase:32s}' + ''.join(f'  {n} {v:.3f}' for n, v in t.items()) + ratio)
 
 
 def main(argv=None) -> None:
@@ -194,6 +238,14 @@ def main(argv=None) -> None:
       loss = float(run_torch(t_imgs, t_noise).detach())  # .item() synchronises CUDA too
       return loss
     sides['torch'] = torch_once
+  phases = {}  # phase -> side -> a callable that waits for its result
+  if args.breakdown:
+    for phase in ('forward', 'forward+backward'):
+      phases[phase] = {}
+      if 'jax' in sides:
+        phases[phase]['jax'] = (lambda f=run_jax.phases[phase]: float(f(j_imgs, j_noise)))
+      if 'torch' in sides:
+        phases[phase]['torch'] = (lambda f=run_torch.phases[phase]: float(f(t_imgs, t_noise).detach()))
 
   print(f'MAE train step: size={args.size} img={args.img_size} batch={batch} '
         f'mask_ratio={args.mask_ratio} JAX compute {args.dtype} (PyTorch fp32), fwd+bwd+AdamW',
@@ -238,6 +290,8 @@ def main(argv=None) -> None:
   if len(med) == 2:
     print(f'ratio = JAX time / PyTorch time = {med["jax"] / med["torch"]:.3f}')
     print(f'throughput ratio = JAX images/s / PyTorch images/s = {med["torch"] / med["jax"]:.3f}')
+  if phases:
+    print_breakdown(phases, med, args.steps)
   if 'jax' in med:
     step_flops = run_jax.flops(j_imgs, j_noise)
     peak = matmul_peak_flops(args.dtype, jdev, 8192 if on_gpu else 2048)
