@@ -9,7 +9,11 @@ per core, OpenCV releases the GIL; pipeline: grain worker processes or reader th
 
     python benchmarks/input_pipeline.py [--data_dir /tmp/mae_face_demo] [--image_size 224]
         [--batch_size 64] [--num_workers N (default: cores)] [--num_threads 0] [--seconds 20]
-        [--view eyes_mouth]
+        [--view eyes_mouth] [--stages]
+
+``--stages`` adds a cost table: each per-record stage of the fine-tuning pipeline run alone on one
+core over the same records (µs per image, and as a multiple of decoding one image), then batching
+and normalisation, so the ratio can be read against what each step of the recipe costs.
 """
 
 import os
@@ -19,6 +23,7 @@ from concurrent import futures
 
 from absl import app, flags
 import cv2
+import grain
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,6 +37,7 @@ _THREADS = flags.DEFINE_integer('num_threads', 0, 'grain reader threads per proc
                                 'threads cost more per record than they save here)')
 _SECONDS = flags.DEFINE_float('seconds', 20.0, 'timed duration of each side')
 _VIEW = flags.DEFINE_string('view', 'eyes_mouth', "'face' or a region variant")
+_STAGES = flags.DEFINE_bool('stages', False, 'also print the one-core cost of each pipeline stage')
 
 
 class RawDecode:
@@ -74,6 +80,47 @@ class Pipeline:
     assert batch['image'].shape == (_BATCH.value, self.size, self.size, 3)
     assert batch['image'].dtype == np.float32
     return done, time.perf_counter() - start
+
+
+def stage_costs(source, view: str, size: int, batch_size: int, count: int = 512) -> None:
+  """One core, no grain: each per-record transform of `finetune_dataset` over the same records in
+  pipeline order, then batching and normalisation; µs per image and multiples of one decode."""
+  T = datasets.T
+  cv2.setNumThreads(1)
+  records = [source[i * len(source) // count] for i in range(count)]
+  stages = [('read + decode (+ BGR->RGB)', T.Decode())]
+  if view != 'face':
+    stages.append((f'{view} region view', T.RegionView(view)))
+  stages += [(f'RandomResizedCrop {size} bicubic', T.RandomResizedCrop(size, (0.08, 1.0))),
+             ('horizontal flip', T.RandomFlip()), ('RandAugment m9 n2', T.RandAugment(2, 9.0, 0.5)),
+             ('random erasing 0.25', T.RandomErasing(0.25))]
+  rng = np.random.default_rng(0)
+  costs = {}
+  start = time.perf_counter()
+  for r in records:
+    assert cv2.imdecode(np.fromfile(r['path'], np.uint8), cv2.IMREAD_COLOR) is not None
+  costs['raw: read + cv2.imdecode'] = (time.perf_counter() - start) / count
+  for name, stage in stages:
+    start = time.perf_counter()
+    records = [stage.random_map(r, rng) if isinstance(stage, grain.transforms.RandomMap)
+               else stage.map(r) for r in records]
+    costs[name] = (time.perf_counter() - start) / count
+  records = [{'image': r['image'], 'label': np.int32(r['label'])} for r in records]
+  batches = [records[i:i + batch_size] for i in range(0, count - batch_size + 1, batch_size)]
+  start = time.perf_counter()
+  batches = [T.collate(b) for b in batches]
+  costs['batch (np.stack)'] = (time.perf_counter() - start) / (len(batches) * batch_size)
+  start = time.perf_counter()
+  for b in batches:
+    T.NormalizeBatch().map(b)
+  costs['float32 normalisation'] = (time.perf_counter() - start) / (len(batches) * batch_size)
+  decode = costs['raw: read + cv2.imdecode']
+  print(f'one-core cost per image ({count} records, view={view}, size={size}):')
+  for name, cost in costs.items():
+    print(f'  {name:32s} {cost * 1e6:8.1f} us  {cost / decode:5.2f} x decode')
+  added = sum(costs.values()) - 2 * decode  # every stage, less the decode inside 'read + decode'
+  print(f'  the recipe adds {added / decode:.2f} x decode per image beyond decoding; ratio 0.8 '
+        f'allows 0.25 x')
 
 
 def main(argv):
@@ -120,6 +167,8 @@ def main(argv):
         f'({rate["plain"] / rate["raw"]:.3f} of raw)')
   print(f'load average after: {os.getloadavg()[0]:.2f}')
   print(f'ratio = pipeline images/s / raw decode images/s = {rate["pipeline"] / rate["raw"]:.3f}')
+  if _STAGES.value:
+    stage_costs(source, _VIEW.value, _SIZE.value, _BATCH.value)
 
 
 if __name__ == '__main__':
