@@ -154,23 +154,37 @@ def torch_step_fn(model, device):
   opt = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.05},
                            {'params': no_decay, 'weight_decay': 0.0}], lr=1.5e-4, betas=(0.9, 0.95))
 
-  def run(imgs, noise):
-    loss = model(imgs, noise)[0]
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss
-
   def forward_backward(imgs, noise):
     loss = model(imgs, noise)[0]
     opt.zero_grad(set_to_none=True)
     loss.backward()
     return loss
 
+  def run(imgs, noise):
+    loss = forward_backward(imgs, noise)
+    opt.step()
+    return loss
+
   # Forward as in training (autograd records it), then dropped: what the step's forward costs.
   run.phases = {'forward': lambda imgs, noise: model(imgs, noise)[0],
                 'forward+backward': forward_backward}
   return run
+
+
+def time_alternating(fns: dict, reps: int, report=None) -> tuple[dict, dict]:
+  """Wall and process CPU seconds of `reps` calls of each fn, alternating sides so background load
+  hits them alike; `report(i, wall)` after each round."""
+  wall = {name: [] for name in fns}
+  cpu = {name: [] for name in fns}
+  for i in range(reps):
+    for name, fn in fns.items():
+      c0, t0 = time.process_time(), time.perf_counter()
+      fn()
+      wall[name].append(time.perf_counter() - t0)
+      cpu[name].append(time.process_time() - c0)
+    if report:
+      report(i, wall)
+  return wall, cpu
 
 
 def print_breakdown(phases: dict, step_median: dict, reps: int) -> None:
@@ -180,12 +194,7 @@ def print_breakdown(phases: dict, step_median: dict, reps: int) -> None:
   for phase, fns in phases.items():
     for fn in fns.values():
       fn()  # compile / warm up
-    times = {name: [] for name in fns}
-    for _ in range(reps):
-      for name, fn in fns.items():
-        t0 = time.perf_counter()
-        fn()
-        times[name].append(time.perf_counter() - t0)
+    times, _ = time_alternating(fns, reps)
     rows[phase] = {name: statistics.median(t) for name, t in times.items()}
   rows['backward (difference)'] = {n: rows['forward+backward'][n] - rows['forward'][n]
                                    for n in rows['forward']}
@@ -268,16 +277,9 @@ def main(argv=None) -> None:
           f'loss {first_loss[name]:.6f}', flush=True)
     for _ in range(args.warmup):
       fn()
-  times = {name: [] for name in sides}
-  cpu = {name: [] for name in sides}
   load0 = os.getloadavg()[0]
-  for i in range(args.steps):  # alternate sides so background load is shared
-    for name, fn in sides.items():
-      c0, t0 = time.process_time(), time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - t0)
-      cpu[name].append(time.process_time() - c0)
-    print(f'rep {i}: ' + ', '.join(f'{n} {t[-1]:.3f} s' for n, t in times.items()), flush=True)
+  times, cpu = time_alternating(sides, args.steps, report=lambda i, wall: print(
+      f'rep {i}: ' + ', '.join(f'{n} {t[-1]:.3f} s' for n, t in wall.items()), flush=True))
   print(f'load average (1 min) {load0:.2f} before, {os.getloadavg()[0]:.2f} after the timed steps '
         f'(other processes share the {os.cpu_count()} CPUs when it exceeds that)')
 
