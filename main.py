@@ -83,6 +83,8 @@ class _QuietLibraries(logging.logging.Filter):
 
 
 if __name__ == '__main__':
+  from mae_face_jax import host_memory
+  host_memory.keep_freed_memory()  # before JAX starts its threads
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   app.run(main)

@@ -12,8 +12,12 @@ so that load from other processes hits both sides alike; the medians and
   python benchmarks/mae_step.py --xla-flags='--xla_cpu_experimental_ynn_fusion_type='  # Eigen dots
   python benchmarks/mae_step.py --fast-math           # opt-in, changes numerics; said in the output
   python benchmarks/mae_step.py --breakdown           # + forward, backward, optimizer times per side
+  python benchmarks/mae_step.py --system-malloc       # without host_memory.keep_freed_memory()
 
-XLA flags must be set before JAX starts, so this script parses its arguments and sets `XLA_FLAGS`
+Like main.py, the script first tells glibc to keep freed memory (`mae_face_jax/host_memory.py`):
+XLA frees and re-maps each step's temporaries otherwise, page-faulting them in every step; both
+sides run in this one process, so both share the setting, and each side's page faults per step are
+printed. XLA flags must be set before JAX starts, so this script parses its arguments and sets `XLA_FLAGS`
 before importing JAX. On a CPU that other processes share, PyTorch's OpenMP threads lose far more
 time than XLA's thread pool when a core is taken (its process CPU time, printed, doubles), so the
 ratio then says more about the load than about the frameworks; the load average is printed, and
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -53,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--torch-threads', type=int, default=None, help='torch.set_num_threads')
   p.add_argument('--breakdown', action='store_true',
                  help='also time forward and forward+backward alone on both sides (where the time goes)')
+  p.add_argument('--system-malloc', action='store_true',
+                 help="leave glibc's malloc as it is; by default both sides run with "
+                      'host_memory.keep_freed_memory(), as main.py does')
   p.add_argument('--seed', type=int, default=0)
   return p.parse_args(argv)
 
@@ -171,20 +179,23 @@ def torch_step_fn(model, device):
   return run
 
 
-def time_alternating(fns: dict, reps: int, report=None) -> tuple[dict, dict]:
-  """Wall and process CPU seconds of `reps` calls of each fn, alternating sides so background load
-  hits them alike; `report(i, wall)` after each round."""
+def time_alternating(fns: dict, reps: int, report=None) -> tuple[dict, dict, dict]:
+  """Wall seconds, process CPU seconds and minor page faults of `reps` calls of each fn,
+  alternating sides so background load hits them alike; `report(i, wall)` after each round."""
   wall = {name: [] for name in fns}
   cpu = {name: [] for name in fns}
+  faults = {name: [] for name in fns}
   for i in range(reps):
     for name, fn in fns.items():
+      f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       c0, t0 = time.process_time(), time.perf_counter()
       fn()
       wall[name].append(time.perf_counter() - t0)
       cpu[name].append(time.process_time() - c0)
+      faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     if report:
       report(i, wall)
-  return wall, cpu
+  return wall, cpu, faults
 
 
 def print_breakdown(phases: dict, step_median: dict, reps: int) -> None:
@@ -194,7 +205,7 @@ def print_breakdown(phases: dict, step_median: dict, reps: int) -> None:
   for phase, fns in phases.items():
     for fn in fns.values():
       fn()  # compile / warm up
-    times, _ = time_alternating(fns, reps)
+    times, _, _ = time_alternating(fns, reps)
     rows[phase] = {name: statistics.median(t) for name, t in times.items()}
   rows['backward (difference)'] = {n: rows['forward+backward'][n] - rows['forward'][n]
                                    for n in rows['forward']}
@@ -210,6 +221,8 @@ def print_breakdown(phases: dict, step_median: dict, reps: int) -> None:
 def main(argv=None) -> None:
   args = parse_args(argv)
   set_xla_flags(args)
+  from mae_face_jax import host_memory
+  kept = not args.system_malloc and host_memory.keep_freed_memory()  # before JAX/torch threads
 
   import jax
   import jax.numpy as jnp
@@ -265,8 +278,8 @@ def main(argv=None) -> None:
   where = (torch.cuda.get_device_name() if tdev.type == 'cuda'
            else f'{torch.get_num_threads()} threads')
   print(f'torch {torch.__version__} on {tdev} ({where})')
-  print(f'fast math: {"ON (numerics differ from fp32 reference)" if args.fast_math else "off"}',
-        flush=True)
+  print(f'fast math: {"ON (numerics differ from fp32 reference)" if args.fast_math else "off"}; '
+        f'malloc: {"keeps freed memory (host_memory)" if kept else "system default"}', flush=True)
 
   first_loss = {}
   for name, fn in sides.items():
@@ -278,7 +291,7 @@ def main(argv=None) -> None:
     for _ in range(args.warmup):
       fn()
   load0 = os.getloadavg()[0]
-  times, cpu = time_alternating(sides, args.steps, report=lambda i, wall: print(
+  times, cpu, faults = time_alternating(sides, args.steps, report=lambda i, wall: print(
       f'rep {i}: ' + ', '.join(f'{n} {t[-1]:.3f} s' for n, t in wall.items()), flush=True))
   print(f'load average (1 min) {load0:.2f} before, {os.getloadavg()[0]:.2f} after the timed steps '
         f'(other processes share the {os.cpu_count()} CPUs when it exceeds that)')
@@ -286,7 +299,8 @@ def main(argv=None) -> None:
   med = {name: statistics.median(t) for name, t in times.items()}
   for name, t in times.items():
     print(f'{name:5s} median {med[name]:.3f} s/step (min {min(t):.3f}, max {max(t):.3f}, '
-          f'{len(t)} steps; process CPU time median {statistics.median(cpu[name]):.2f} s/step)')
+          f'{len(t)} steps; process CPU time median {statistics.median(cpu[name]):.2f} s/step, '
+          f'minor page faults median {statistics.median(faults[name]):.0f}/step)')
   for name in med:
     print(f'{name:5s} {batch / med[name]:.2f} images/s')
   if len(med) == 2:

@@ -34,10 +34,22 @@ class PosEmbed(nnx.Variable):
   """A fixed (not trained) position table, as MAE's `requires_grad=False` sin-cos embeddings."""
 
 
+class TokenLinear(nnx.Linear):
+  """nnx.Linear applied to all tokens as one (B*N, D) matrix.
+
+  Same parameters and numbers as nnx.Linear. Why: on CPU, XLA computes the kernel gradient of a
+  (B, N, D) input (a dot contracting two dims) far slower than of a (B*N, D) one.
+  """
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = super().__call__(x.reshape(-1, x.shape[-1]))
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 def linear(din: int, dout: int, axes: tuple[str | None, str | None], *, dtype: Any, param_dtype: Any,
            rngs: nnx.Rngs, kernel_init=xavier_uniform) -> nnx.Linear:
-  """nnx.Linear with MAE's init (xavier-uniform kernel, zero bias) and logical axis names."""
-  return nnx.Linear(din, dout, kernel_init=kernel_init, bias_init=zeros, dtype=dtype,
+  """TokenLinear with MAE's init (xavier-uniform kernel, zero bias) and logical axis names."""
+  return TokenLinear(din, dout, kernel_init=kernel_init, bias_init=zeros, dtype=dtype,
                     param_dtype=param_dtype, rngs=rngs,
                     kernel_metadata={'logical_axes': axes}, bias_metadata={'logical_axes': axes[1:]})
 

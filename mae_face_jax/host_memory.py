@@ -1,0 +1,31 @@
+"""Keeps freed heap memory mapped, so XLA's per-step temporaries don't page-fault every step.
+
+XLA on CPU allocates each execution's temporary buffer with malloc and frees it afterwards (1.5 GB
+for a ViT-B MAE step at batch 8). glibc serves a block that large with a fresh `mmap` and unmaps it on
+free, so every step faults its 1.5 GB back in: 386k minor faults and ~0.8 s of kernel time a step,
+measured on a 2-core Xeon. Serving every thread from the main heap, never by `mmap`, and never
+trimming the heap keeps those pages: 0 faults a step after the first. The cost is that the process
+keeps its peak heap, which a training run reaches every step anyway.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def keep_freed_memory() -> bool:
+  """Sets glibc's malloc to reuse freed memory instead of unmapping it. Call before JAX (or any
+  thread-starting library) starts: threads started earlier keep their own arenas. Returns whether
+  it applied (False off Linux/glibc, where it does nothing)."""
+  if not sys.platform.startswith('linux'):
+    return False
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except (OSError, AttributeError):
+    return False
+  return all(mallopt(param, value) == 1 for param, value in _SETTINGS)
