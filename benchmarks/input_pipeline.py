@@ -9,7 +9,7 @@ per core, OpenCV releases the GIL; pipeline: grain worker processes or reader th
 
     python benchmarks/input_pipeline.py [--data_dir /tmp/mae_face_demo] [--image_size 224]
         [--batch_size 64] [--num_workers N (default: cores)] [--num_threads 0] [--seconds 20]
-        [--view eyes_mouth] [--stages]
+        [--view eyes_mouth] [--stages] [--system_malloc]
 
 ``--stages`` adds a cost table: each per-record stage of the fine-tuning pipeline run alone on one
 core over the same records (µs per image, and as a multiple of decoding one image), then batching
@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from input_pipeline import abaw, datasets, demo_data  # pylint: disable=g-import-not-at-top
+from mae_face_jax import host_memory  # pylint: disable=g-import-not-at-top
 
 _DATA = flags.DEFINE_string('data_dir', '/tmp/mae_face_demo', 'ABAW-layout root (demo data made if absent)')
 _SIZE = flags.DEFINE_integer('image_size', 224, 'output image size of the pipeline')
@@ -38,6 +39,8 @@ _THREADS = flags.DEFINE_integer('num_threads', 0, 'grain reader threads per proc
 _SECONDS = flags.DEFINE_float('seconds', 20.0, 'timed duration of each side')
 _VIEW = flags.DEFINE_string('view', 'eyes_mouth', "'face' or a region variant")
 _STAGES = flags.DEFINE_bool('stages', False, 'also print the one-core cost of each pipeline stage')
+_SYSTEM_MALLOC = flags.DEFINE_bool('system_malloc', False, "leave glibc's malloc as it is (by default "
+                                   'the run keeps freed memory, as main.py does: host_memory)')
 
 
 class RawDecode:
@@ -126,6 +129,7 @@ def stage_costs(source, view: str, size: int, batch_size: int, count: int = 512)
 
 def main(argv):
   del argv
+  kept = not _SYSTEM_MALLOC.value and host_memory.keep_freed_memory()  # before workers start
   cores = os.cpu_count()
   workers = cores if _WORKERS.value < 0 else _WORKERS.value
   threads = _THREADS.value
@@ -135,7 +139,8 @@ def main(argv):
   native = datasets.T.read_image(source[0]).shape[0]
   print(f'{len(paths)} frames of {root} ({native}px JPEGs), {cores} cores; pipeline: '
         f'view={_VIEW.value}, image_size={_SIZE.value}, batch={_BATCH.value}, workers={workers}, '
-        f'threads={threads}; load average before: {os.getloadavg()[0]:.2f}')
+        f'threads={threads}; malloc: {"keeps freed memory" if kept else "system default"}; '
+        f'load average before: {os.getloadavg()[0]:.2f}')
   common = dict(batch_size=_BATCH.value, shard=(0, 1), num_workers=workers, num_threads=threads, seed=0)
   raw_side = RawDecode(paths, cores)
 

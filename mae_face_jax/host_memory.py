@@ -11,21 +11,28 @@ keeps its peak heap, which a training run reaches every step anyway.
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 
-# glibc's mallopt parameters (malloc.h).
+# glibc's mallopt parameters (malloc.h) and the environment variables that set them at start-up.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+_SETTINGS = ((_M_ARENA_MAX, 'MALLOC_ARENA_MAX', 1), (_M_MMAP_MAX, 'MALLOC_MMAP_MAX_', 0),
+             (_M_TRIM_THRESHOLD, 'MALLOC_TRIM_THRESHOLD_', 2**31 - 1))
 
 
 def keep_freed_memory() -> bool:
-  """Sets glibc's malloc to reuse freed memory instead of unmapping it. Call before JAX (or any
-  thread-starting library) starts: threads started earlier keep their own arenas. Returns whether
-  it applied (False off Linux/glibc, where it does nothing)."""
+  """Sets glibc's malloc to reuse freed memory instead of unmapping it, in this process and (through
+  the environment) in processes it starts, such as grain's data workers, whose batch arrays fault
+  the same way. Call before JAX (or any thread-starting library) starts: threads started earlier
+  keep their own arenas. Returns whether it applied (False off Linux/glibc: nothing is done)."""
   if not sys.platform.startswith('linux'):
     return False
   try:
     mallopt = ctypes.CDLL(None).mallopt
   except (OSError, AttributeError):
     return False
-  return all(mallopt(param, value) == 1 for param, value in _SETTINGS)
+  if not all(mallopt(param, value) == 1 for param, _, value in _SETTINGS):
+    return False
+  for _, name, value in _SETTINGS:
+    os.environ.setdefault(name, str(value))
+  return True

@@ -1,4 +1,5 @@
-"""host_memory.keep_freed_memory: a large block freed and allocated again reuses its pages."""
+"""host_memory.keep_freed_memory: a large block freed and allocated again reuses its pages, in the
+process that asked and in the processes it starts (data workers)."""
 
 import os
 import subprocess
@@ -11,10 +12,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Allocates, touches and frees a 256 MB block twice (as XLA does with a step's temporaries) and
 # prints the minor page faults of the second round.
 _PROBE = """
-import ctypes, resource, sys
+import ctypes, os, resource, subprocess, sys
 sys.path.insert(0, {root!r})
 from mae_face_jax import host_memory
-applied = host_memory.keep_freed_memory() if sys.argv[1] == 'keep' else False
+applied = host_memory.keep_freed_memory() if sys.argv[1] in ('keep', 'child') else False
+if sys.argv[1] == 'child':  # what a process started after the call sees
+  print(subprocess.run([sys.executable, '-c', sys.argv[2], 'default'], check=True,
+                       capture_output=True, text=True).stdout.split()[1], applied)
+  sys.exit()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -29,8 +34,12 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
 
 
 def _second_round_faults(mode: str) -> tuple[bool, int]:
-  out = subprocess.run([sys.executable, '-c', _PROBE.format(root=ROOT), mode], check=True,
+  probe = _PROBE.format(root=ROOT)
+  env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}
+  out = subprocess.run([sys.executable, '-c', probe, mode, probe], check=True, env=env,
                        capture_output=True, text=True).stdout.split()
+  if mode == 'child':
+    return out[1] == 'True', int(out[0])
   return out[0] == 'True', int(out[1])
 
 
@@ -42,3 +51,10 @@ def test_keep_freed_memory_stops_refaulting_large_blocks():
   # 256 MB is 65,536 pages of 4 KiB: glibc maps it afresh each time unless told to keep it.
   assert faults_default > 30_000, faults_default
   assert faults_kept < 1_000, faults_kept
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc settings')
+def test_keep_freed_memory_reaches_child_processes():
+  applied, faults_child = _second_round_faults('child')
+  assert applied
+  assert faults_child < 1_000, faults_child
