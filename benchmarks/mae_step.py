@@ -12,6 +12,7 @@ so that load from other processes hits both sides alike; the medians and
   python benchmarks/mae_step.py --xla-flags='--xla_cpu_experimental_ynn_fusion_type='  # Eigen dots
   python benchmarks/mae_step.py --fast-math           # opt-in, changes numerics; said in the output
   python benchmarks/mae_step.py --breakdown           # + forward, backward, optimizer times per side
+  python benchmarks/mae_step.py --gemms               # + the step's MLP matmuls alone, both sides (CPU)
   python benchmarks/mae_step.py --system-malloc       # without host_memory.keep_freed_memory()
 
 Like main.py, the script first tells glibc to keep freed memory (`mae_face_jax/host_memory.py`):
@@ -58,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--torch-threads', type=int, default=None, help='torch.set_num_threads')
   p.add_argument('--breakdown', action='store_true',
                  help='also time forward and forward+backward alone on both sides (where the time goes)')
+  p.add_argument('--gemms', action='store_true',
+                 help="also time the step's MLP matrix products alone on both sides")
   p.add_argument('--system-malloc', action='store_true',
                  help="leave glibc's malloc as it is; by default both sides run with "
                       'host_memory.keep_freed_memory(), as main.py does')
@@ -198,6 +201,37 @@ def time_alternating(fns: dict, reps: int, report=None) -> tuple[dict, dict, dic
   return wall, cpu, faults
 
 
+def print_gemms(size: str, img_size: int, mask_ratio: float, batch: int, reps: int) -> None:
+  """The step's MLP matrix products alone, in JAX (jitted) and PyTorch, in the three forms the step
+  runs: forward (x·W), input gradient (dy·Wᵀ) and kernel gradient (xᵀ·dy); TFLOP/s (median)."""
+  import jax
+  import numpy as np
+  import torch
+
+  from configs.common import model_config
+  cfg = model_config(size, img_size)
+  tokens = (img_size // cfg.patch_size)**2
+  keep = int(tokens * (1 - mask_ratio))
+  rng = np.random.default_rng(0)
+  print('MLP matrix products alone (TFLOP/s, median of reps; JAX / PyTorch):')
+  for where, m, d in (('encoder', batch * (1 + keep), cfg.embed_dim),
+                      ('decoder', batch * (1 + tokens), cfg.decoder_embed_dim)):
+    h = int(d * cfg.mlp_ratio)
+    x, dy = rng.standard_normal((m, d), np.float32), rng.standard_normal((m, h), np.float32)
+    w = rng.standard_normal((d, h), np.float32)
+    forms = {'x·W': (lambda a, b: a @ b, (x, w)), 'dy·Wᵀ': (lambda a, b: a @ b.T, (dy, w)),
+             'xᵀ·dy': (lambda a, b: a.T @ b, (x, dy))}
+    row = []
+    for form, (fn, args) in forms.items():
+      j_fn, j_args = jax.jit(fn), [jax.numpy.asarray(a) for a in args]
+      t_args = [torch.from_numpy(a) for a in args]
+      times, _, _ = time_alternating({'jax': lambda: j_fn(*j_args).block_until_ready(),
+                                      'torch': lambda: fn(*t_args)}, reps + 1)
+      rate = {n: 2 * m * d * h / statistics.median(t[1:]) / 1e12 for n, t in times.items()}
+      row.append(f'{form} {rate["jax"]:.3f} / {rate["torch"]:.3f}')
+    print(f'  {where} ({m}×{d} · {d}×{h}): ' + ', '.join(row))
+
+
 def print_breakdown(phases: dict, step_median: dict, reps: int) -> None:
   """Medians of forward and forward+backward alone (sides alternating, as the step), and what the
   optimizer update adds (step - forward+backward); one row per phase, JAX / PyTorch ratio last."""
@@ -308,6 +342,8 @@ def main(argv=None) -> None:
     print(f'throughput ratio = JAX images/s / PyTorch images/s = {med["torch"] / med["jax"]:.3f}')
   if phases:
     print_breakdown(phases, med, args.steps)
+  if args.gemms and not on_gpu:
+    print_gemms(args.size, args.img_size, args.mask_ratio, batch, max(args.steps, 5))
   if 'jax' in med:
     step_flops = run_jax.flops(j_imgs, j_noise)
     peak = matmul_peak_flops(args.dtype, jdev, 8192 if on_gpu else 2048)

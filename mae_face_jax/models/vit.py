@@ -37,8 +37,9 @@ class PosEmbed(nnx.Variable):
 class TokenLinear(nnx.Linear):
   """nnx.Linear applied to all tokens as one (B*N, D) matrix.
 
-  Same parameters and numbers as nnx.Linear. Why: on CPU, XLA computes the kernel gradient of a
-  (B, N, D) input (a dot contracting two dims) far slower than of a (B*N, D) one.
+  The same parameters and products as nnx.Linear (up to float rounding). Why: on CPU, XLA computes
+  the kernel gradient of a (B, N, D) input (a dot contracting two dims) far slower than of a
+  (B*N, D) one.
   """
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -50,8 +51,8 @@ def linear(din: int, dout: int, axes: tuple[str | None, str | None], *, dtype: A
            rngs: nnx.Rngs, kernel_init=xavier_uniform) -> nnx.Linear:
   """TokenLinear with MAE's init (xavier-uniform kernel, zero bias) and logical axis names."""
   return TokenLinear(din, dout, kernel_init=kernel_init, bias_init=zeros, dtype=dtype,
-                    param_dtype=param_dtype, rngs=rngs,
-                    kernel_metadata={'logical_axes': axes}, bias_metadata={'logical_axes': axes[1:]})
+                     param_dtype=param_dtype, rngs=rngs,
+                     kernel_metadata={'logical_axes': axes}, bias_metadata={'logical_axes': axes[1:]})
 
 
 def layer_norm(dim: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs) -> nnx.LayerNorm:
