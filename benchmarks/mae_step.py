@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--breakdown', action='store_true',
                  help='also time forward and forward+backward alone on both sides (where the time goes)')
   p.add_argument('--gemms', action='store_true',
-                 help="also time the step's MLP matrix products alone on both sides")
+                 help="also time the step's MLP matrix products alone on both sides (CPU only)")
   p.add_argument('--system-malloc', action='store_true',
                  help="leave glibc's malloc as it is; by default both sides run with "
                       'host_memory.keep_freed_memory(), as main.py does')

@@ -17,8 +17,8 @@ sys.path.insert(0, {root!r})
 from mae_face_jax import host_memory
 applied = host_memory.keep_freed_memory() if sys.argv[1] in ('keep', 'child') else False
 if sys.argv[1] == 'child':  # what a process started after the call sees
-  print(subprocess.run([sys.executable, '-c', sys.argv[2], 'default'], check=True,
-                       capture_output=True, text=True).stdout.split()[1], applied)
+  print(applied, subprocess.run([sys.executable, '-c', sys.argv[2], 'default'], check=True,
+                                capture_output=True, text=True).stdout.split()[1])
   sys.exit()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
@@ -38,8 +38,6 @@ def _second_round_faults(mode: str) -> tuple[bool, int]:
   env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}
   out = subprocess.run([sys.executable, '-c', probe, mode, probe], check=True, env=env,
                        capture_output=True, text=True).stdout.split()
-  if mode == 'child':
-    return out[1] == 'True', int(out[0])
   return out[0] == 'True', int(out[1])
 
 
