@@ -1,4 +1,4 @@
-"""Data pipeline of mae-face-jax: files on disk -> numpy batches. Imports no model code; only
+"""Data pipeline of mae-face-jax: files on disk -> numpy batches (uint8 images). Imports no model code; only
 ``datasets.host_shard`` touches jax (process index/count).
 
 Modules, one idea each (signatures in their docstrings):
@@ -7,7 +7,7 @@ Modules, one idea each (signatures in their docstrings):
     regions     region boxes (landmarks or aligned template) and synthesize_regions; CLI writing
                 <root>/cropped_aligned_<variant>/
     transforms  grain transforms: Decode, RegionView, RandomResizedCrop, RandomFlip, RandAugment,
-                RandomErasing, ResizeCenterCrop, collate, NormalizeBatch
+                RandomErasing, ResizeCenterCrop, collate
     skips       unreadable images: dropped before batching, logged once, counted per epoch
     datasets    pretrain_dataset, finetune_dataset, eval_dataset, paired_dataset -> grain.IterDataset
     tfds_build  TFDS ArrayRecord builds and read-back as a grain source

@@ -9,13 +9,13 @@ unreadable images skipped so far).
 
 Order of operations: source -> per-host shard (jax.process_index() of jax.process_count(), or
 ``shard=(index, count)``) -> seeded shuffle (or class-balanced sampling) -> repeat -> decode (OpenCV) ->
-region view -> augmentation -> drop unreadable images -> batch + float32 normalisation -> count and
-report the unreadable images (``skips``). With ``num_workers`` training modes run everything up to the
+region view -> augmentation -> drop unreadable images -> batch -> count and report the unreadable
+images (``skips``). With ``num_workers`` training modes run everything up to the
 batch in worker processes (each batches its own records); eval modes move records, keeping order.
 
 Batch layout (B = batch_size, S = image_size), all numpy:
-    'image'         float32 (B, S, S, 3)  RGB, ImageNet mean/std normalised
-    'region_image'  float32 (B, S, S, 3)  paired mode only
+    'image'         uint8 (B, S, S, 3)    RGB; programs normalise on the device (mae_face_jax.images)
+    'region_image'  uint8 (B, S, S, 3)    paired mode only
     'label'         int32 (B,)            -1 where unlabeled (test set, pretraining folders)
     'video'         int32 (B,)            index into ``source.videos`` (-1 for image folders)
     'frame'         int32 (B,)            1-based frame number (-1 for image folders)
@@ -175,7 +175,7 @@ def _worker_init(worker_index: int, worker_count: int) -> None:
 
 def _finish(ds: grain.MapDataset, keys: Sequence[str], batch_size: int, num_workers: int,
             num_threads: int, epoch_len: int, ordered: bool = False) -> grain.IterDataset:
-  """Per-record stages done: add workers, skip accounting, batching (+ normalisation).
+  """Per-record stages done: add workers, skip accounting, batching.
 
   Training (not ``ordered``): each worker process batches its own records, so whole batches cross
   process boundaries rather than single images. Evaluation (``ordered``): workers hand over records,
@@ -188,7 +188,7 @@ def _finish(ds: grain.MapDataset, keys: Sequence[str], batch_size: int, num_work
   it = skips.CarrySkips(it).batch(batch_size, batch_fn=T.collate)
   if not ordered:
     it = _workers(it, num_workers)
-  return skips.ReportSkips(it, epoch_len, batch_size, pad=ordered).map(T.NormalizeBatch())
+  return skips.ReportSkips(it, epoch_len, batch_size, pad=ordered)
 
 
 def _workers(it: grain.IterDataset, num_workers: int) -> grain.IterDataset:

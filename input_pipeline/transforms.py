@@ -1,8 +1,8 @@
 """Grain transforms on frame records: decode, region view, crops, flips, RandAugment-style ops.
 
-Records are dicts (see ``abaw``). Images stay uint8 RGB HWC through every per-record transform (cheap
-to compute and to pass between processes); ``collate`` stacks them and ``NormalizeBatch`` turns the
-batch into float32 normalised with the ImageNet mean/std. A record whose image cannot be decoded
+Records are dicts (see ``abaw``). Images stay uint8 RGB HWC through every transform and into the
+batch (``collate`` stacks them): cheap to compute and to pass between processes and to the device,
+where the programs normalise them (``mae_face_jax.images.normalize``). A record whose image cannot be decoded
 becomes ``{SKIPPED: path}``: later transforms pass it through and ``skips`` drops and counts it before
 batching.
 
@@ -12,7 +12,7 @@ a record ('image' and, in paired mode, 'region_image'), so the two views stay pi
 Public API (grain transforms):
     Decode(), RegionView(variant, fill, margin, keep_face), RandomResizedCrop(size, scale, ratio),
     RandomFlip(), RandAugment(num_ops=2, magnitude=9, magnitude_std=0.5), RandomErasing(prob),
-    ResizeCenterCrop(size, crop_pct), SelectKeys(keys), collate (a batch_fn), NormalizeBatch(mean, std)
+    ResizeCenterCrop(size, crop_pct), SelectKeys(keys), collate (a batch_fn)
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ from input_pipeline import abaw, regions
 SKIPPED = 'skipped_path'
 CARRIED = '_skipped'  # (epoch, path) of skipped records riding on a good one (see skips.py)
 IMAGE_KEYS = ('image', 'region_image')
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-FILL_GRAY = (124, 116, 104)  # ImageNet mean as uint8: border fill of geometric ops, as timm does
+FILL_GRAY = (124, 116, 104)  # ImageNet mean (0.485, 0.456, 0.406) as uint8: border fill, as timm
 
 
 def read_image(record: dict) -> np.ndarray | None:
@@ -39,12 +37,9 @@ def read_image(record: dict) -> np.ndarray | None:
   data = record.get('image_bytes')
   try:
     buf = np.frombuffer(data, np.uint8) if data is not None else np.fromfile(record['path'], np.uint8)
-    image = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # raises on an empty buffer, None on garbage
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB)  # raises on an empty buffer, None on garbage
   except (OSError, cv2.error):
     return None
-  if image is None:
-    return None
-  return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 class Decode(grain.transforms.Map):
@@ -324,37 +319,11 @@ class SelectKeys(grain.transforms.Map):
     return {k: (record[k] if k in IMAGE_KEYS else np.int32(record[k])) for k in self.keys}
 
 
-def normalization_table(mean: Sequence[float] = IMAGENET_MEAN,
-                        std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
-  """(256, 1, 3) float32 table: uint8 value v of channel c -> (v / 255 - mean[c]) / std[c]."""
-  table = (_RAMP[:, None] / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-  return table.astype(np.float32).reshape(256, 1, 3)
-
-
 def collate(records: Sequence[dict]) -> dict:
-  """grain ``batch_fn``: stacks records into a batch (uint8 images stay uint8: 4x less to move
-  between processes than float32) and gathers the carried skips (see skips.py)."""
+  """grain ``batch_fn``: stacks records into a batch and gathers the carried skips (see skips.py)."""
   rows = [r for r in records if len(r) > 1 or CARRIED not in r]  # not a skips-only record
   batch = {CARRIED: [s for r in records for s in r.get(CARRIED, ())]}
   for key in (rows[0] if rows else ()):
     if key != CARRIED:
       batch[key] = np.stack([np.asarray(r[key]) for r in rows])
   return batch
-
-
-class NormalizeBatch(grain.transforms.Map):
-  """uint8 NHWC image keys -> float32 (x / 255 - mean) / std: one cv2.LUT pass over the batch
-  (a per-channel float table), several times faster than numpy's convert-subtract-divide."""
-
-  def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
-    self.table = normalization_table(mean, std)
-
-  def map(self, batch: dict) -> dict:
-    out = dict(batch)
-    for key in IMAGE_KEYS:
-      if key in out:
-        x = out[key]
-        y = np.empty(x.shape, np.float32)
-        cv2.LUT(x.reshape(-1, x.shape[-2], 3), self.table, dst=y.reshape(-1, x.shape[-2], 3))
-        out[key] = y
-    return out

@@ -18,10 +18,8 @@ import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+from mae_face_jax import images as images_lib
 from mae_face_jax.models.mae import patchify, unpatchify
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def is_chief() -> bool:
@@ -121,7 +119,7 @@ def reconstruction_grid(images: np.ndarray, pred: np.ndarray, mask: np.ndarray, 
     pred = pred * std + mean
   m = mask[:, :, None]
   recon = np.asarray(unpatchify(target * (1 - m) + pred * m, patch_size, c))
-  to_rgb = lambda x: np.clip(x * IMAGENET_STD + IMAGENET_MEAN, 0.0, 1.0)
+  to_rgb = images_lib.to_unit_rgb
   masked_rgb = to_rgb(images)
   masked_rgb[np.asarray(unpatchify(np.broadcast_to(m, target.shape), patch_size, c)) > 0] = 0.5  # gray
   rows = [np.concatenate([to_rgb(images[i]), masked_rgb[i], to_rgb(recon[i])], axis=1)

@@ -7,7 +7,7 @@ Sources:
   'synthetic'  smooth random images made from the global example index, no files: host p's rows of
                step s are exactly rows [p·b, (p+1)·b) of the global batch s, so a run on any number
                of hosts sees the same global batches (multi-host tests, throughput benchmarks)
-Every iterator yields {'image': float32 (b, S, S, 3)} normalised like the pipeline, and has Grain's
+Every iterator yields {'image': uint8 (b, S, S, 3)} RGB like the pipeline, and has Grain's
 `get_state`/`set_state`, which the checkpoints store.
 """
 
@@ -34,7 +34,7 @@ def source_records(data_config: Any, workdir: str) -> Any:
 
 
 class _SyntheticImages(grain.transforms.Map):
-  """Global example index → a smooth random image (a few random sinusoid blobs), normalised."""
+  """Global example index → a smooth random uint8 image (a few random sinusoids per channel)."""
 
   def __init__(self, size: int, seed: int):
     self.size, self.seed = size, seed
@@ -49,7 +49,7 @@ class _SyntheticImages(grain.transforms.Map):
     for c in range(3):
       for k in range(3):
         img[..., c] += np.sin(2 * np.pi * (freq[c, k, 0] * yy + freq[c, k, 1] * xx) + phase[c, k])
-    return {'image': img / 3.0}
+    return {'image': np.round((img / 3.0 + 1.0) * 127.5).astype(np.uint8)}
 
 
 def synthetic_dataset(global_batch: int, image_size: int, seed: int,

@@ -29,6 +29,7 @@ from jax.sharding import Mesh
 from mae_face_jax import (checkpointing, classification, labeled_data, metrics, observe, optim,
                           report, sharding, torch_interop)
 from mae_face_jax import train_state as ts
+from mae_face_jax.images import normalize
 from mae_face_jax.models.build import build_vit
 from input_pipeline import abaw
 
@@ -64,7 +65,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, co
     mix_key, drop_key = ts.step_key(state, num=2)
     targets = classification.soft_targets(batch['label'], num_classes, config.label_smoothing)
     images, targets = classification.mixup_cutmix(
-        mix_key, batch['image'], targets, mixup_alpha=config.mixup_alpha,
+        mix_key, normalize(batch['image']), targets, mixup_alpha=config.mixup_alpha,
         cutmix_alpha=config.cutmix_alpha, switch_prob=config.mix_switch_prob, prob=config.mix_prob)
 
     def loss_fn(model):
@@ -87,7 +88,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, co
 
 def make_eval_step(graphdef: nnx.GraphDef, mesh: Mesh) -> Callable:
   def eval_step(params, fixed, images):
-    return jax.nn.softmax(ts.merge_model(graphdef, params, fixed, None)(images).astype(jnp.float32))
+    logits = ts.merge_model(graphdef, params, fixed, None)(normalize(images))
+    return jax.nn.softmax(logits.astype(jnp.float32))
   return jax.jit(eval_step, out_shardings=sharding.replicated(mesh))
 
 

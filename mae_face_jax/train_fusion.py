@@ -22,6 +22,7 @@ from flax import nnx
 
 from mae_face_jax import (checkpointing, classification, labeled_data, metrics, observe, optim,
                           report, smoothing)
+from mae_face_jax.images import normalize
 from mae_face_jax.models.build import build_vit
 from mae_face_jax.models.fusion import FusionHead, frozen_view_tokens
 from input_pipeline import abaw, datasets
@@ -42,8 +43,8 @@ def make_encode(face_encoder: nnx.Module, region_encoder: nnx.Module, aux_blocks
   """Patch tokens of both views; the auxiliary view's from its first `aux_blocks` blocks."""
   @nnx.jit
   def encode(face_enc, region_enc, face, region):
-    return (frozen_view_tokens(face_enc, face),
-            frozen_view_tokens(region_enc, region, aux_blocks))
+    return (frozen_view_tokens(face_enc, normalize(face)),
+            frozen_view_tokens(region_enc, normalize(region), aux_blocks))
   return lambda face, region: encode(face_encoder, region_encoder, face, region)
 
 

@@ -27,6 +27,7 @@ from jax.sharding import Mesh
 
 from mae_face_jax import checkpointing, observe, optim, pretrain_data, sharding
 from mae_face_jax import train_state as ts
+from mae_face_jax.images import normalize
 from mae_face_jax.models.build import build_mae
 
 
@@ -59,7 +60,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, nu
   batch_shardings = {'image': sharding.batch_sharding(mesh, 4)}
 
   def train_step(state: ts.State, fixed: nnx.State, batch: dict[str, jax.Array]):
-    images = batch['image']
+    images = normalize(batch['image'])
     noise_key, drop_key = ts.step_key(state, num=2)
     noise = jax.random.uniform(noise_key, (images.shape[0], num_patches))
     noise = jax.lax.with_sharding_constraint(noise, sharding.batch_sharding(mesh, 2))
@@ -81,9 +82,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, nu
 def make_vis_step(graphdef: nnx.GraphDef, num_patches: int, mesh: Mesh) -> Callable:
   """Loss and reconstruction of a small replicated batch with fixed noise (same mask every time)."""
   def vis_step(params: Any, fixed: nnx.State, images: jax.Array, key: jax.Array):
+    images = normalize(images)
     noise = jax.random.uniform(key, (images.shape[0], num_patches))
     out = ts.merge_model(graphdef, params, fixed, None)(images, noise)
-    return out.loss, out.pred, out.mask
+    return out.loss, out.pred, out.mask, images
   return jax.jit(vis_step, out_shardings=sharding.replicated(mesh))
 
 
@@ -140,10 +142,10 @@ def train_and_evaluate(config: Any, workdir: str) -> ts.State:
 
   def log_reconstructions(step: int) -> None:
     """Loss on the fixed images with a fixed mask, and their original | masked | reconstruction."""
-    loss, pred, mask = vis_step(state['params'], fixed, jnp.asarray(vis_images), vis_key)
+    loss, pred, mask, images = vis_step(state['params'], fixed, jnp.asarray(vis_images), vis_key)
     writer.scalars(step, {'vis/loss_fixed_batch': float(loss)})
     writer.image(step, 'vis/original|masked|reconstruction', observe.reconstruction_grid(
-        vis_images, np.asarray(pred), np.asarray(mask), config.model.patch_size,
+        np.asarray(images), np.asarray(pred), np.asarray(mask), config.model.patch_size,
         config.model.norm_pix_loss))
     writer.flush()
 

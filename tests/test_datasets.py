@@ -43,9 +43,8 @@ def source(tmp_path):
 
 
 def pixels(batch_image):
-  """Centre pixel of each image back in uint8 RGB."""
-  x = batch_image[:, batch_image.shape[1] // 2, batch_image.shape[2] // 2]
-  return np.round((x * np.array(T.IMAGENET_STD) + np.array(T.IMAGENET_MEAN)) * 255)
+  """Centre pixel of each image (uint8 RGB) as float."""
+  return batch_image[:, batch_image.shape[1] // 2, batch_image.shape[2] // 2].astype(np.float64)
 
 
 def take(it, n):
@@ -66,7 +65,7 @@ def test_eval_order_labels_and_padding(source):
   batches = list(datasets.eval_dataset(source, batch_size=5, image_size=16, crop_pct=1.0, shard=(0, 1)))
   assert len(batches) == 5
   for b in batches:
-    assert b['image'].shape == (5, 16, 16, 3) and b['image'].dtype == np.float32
+    assert b['image'].shape == (5, 16, 16, 3) and b['image'].dtype == np.uint8
     assert {k: v.dtype for k, v in b.items() if k != 'image'} == {
         'label': np.int32, 'video': np.int32, 'frame': np.int32, 'mask': np.float32}
   cat = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
@@ -110,8 +109,7 @@ def test_paired_region_view_matches_synthesis(tmp_path):
   mask = regions.region_mask(112, 112, regions.region_boxes('eyes_mouth', 112, 112))
   face, region = b['image'][0], b['region_image'][0]
   np.testing.assert_array_equal(region[mask], face[mask])
-  np.testing.assert_allclose(region[~mask], np.broadcast_to(-np.array(T.IMAGENET_MEAN) / T.IMAGENET_STD,
-                                                            region[~mask].shape), rtol=1e-5)
+  assert (region[~mask] == 0).all()  # the fill
 
 
 def test_paired_region_view_read_from_disk(tmp_path):
@@ -128,8 +126,9 @@ def test_paired_region_view_read_from_disk(tmp_path):
   disk = next(iter(datasets.paired_dataset(src, region_images_dir='cropped_aligned_eyes', **kw)))
   fly = next(iter(datasets.paired_dataset(src, **kw)))
   np.testing.assert_array_equal(disk['image'], fly['image'])
-  assert np.abs(disk['region_image'] - fly['region_image']).mean() < 0.05  # JPEG re-encoding only
-  assert np.abs(disk['region_image'] - disk['image']).mean() > 0.3  # it is not the face again
+  level = lambda a, b: np.abs(a.astype(np.int32) - b).mean()  # mean difference in uint8 levels
+  assert level(disk['region_image'], fly['region_image']) < 3  # JPEG re-encoding only
+  assert level(disk['region_image'], disk['image']) > 17  # it is not the face again
 
 
 def finetune(source, seed=0, **kw):

@@ -7,6 +7,7 @@ import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mae_face_jax import observe
+from mae_face_jax.images import IMAGENET_MEAN, IMAGENET_STD
 from mae_face_jax import train_pretrain as tp
 from tests.pretrain_test_config import get_config
 
@@ -42,13 +43,14 @@ def test_reconstruction_grid_pastes_visible_patches_and_grays_masked_ones():
   grid = observe.reconstruction_grid(images, pred, mask, patch_size=8, norm_pix_loss=False)
   assert grid.shape == (2 * 16, 3 * 16, 3)
   original, masked, recon = grid[:16, :16], grid[:16, 16:32], grid[:16, 32:]
-  rgb = np.clip(images[0] * observe.IMAGENET_STD + observe.IMAGENET_MEAN, 0, 1)
+  mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
+  rgb = np.clip(images[0] * std + mean, 0, 1)
   np.testing.assert_allclose(original, rgb, atol=1e-6)
   np.testing.assert_allclose(masked[:8, :8], 0.5)          # patch 0 removed: gray
   np.testing.assert_allclose(masked[:8, 8:], rgb[:8, 8:])  # patch 1 kept
   np.testing.assert_allclose(recon[:8, 8:], rgb[:8, 8:], atol=1e-6)  # kept patch pasted back
   # Patch 0's prediction, flattened (p, q, c) like patchify, back to pixels.
-  want = np.clip(pred[0, 0].reshape(8, 8, 3) * observe.IMAGENET_STD + observe.IMAGENET_MEAN, 0, 1)
+  want = np.clip(pred[0, 0].reshape(8, 8, 3) * std + mean, 0, 1)
   np.testing.assert_allclose(recon[:8, :8], want, atol=1e-6)  # removed patch: the prediction
 
 

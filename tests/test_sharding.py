@@ -46,7 +46,7 @@ def _run(mesh_config, devices, steps=3):
   rng = np.random.default_rng(0)
   losses = []
   for _ in range(steps):
-    batch = {'image': rng.normal(size=(16, 32, 32, 3)).astype(np.float32)}
+    batch = {'image': rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)}
     state, metrics = step_fn(state, fixed, sharding.global_batch(batch, mesh))
     losses.append(float(metrics['loss']))
   return state, losses
