@@ -13,6 +13,7 @@ so that load from other processes hits both sides alike; the medians and
   python benchmarks/mae_step.py --fast-math           # opt-in, changes numerics; said in the output
   python benchmarks/mae_step.py --breakdown           # + forward, backward, optimizer times per side
   python benchmarks/mae_step.py --gemms               # + the step's MLP matmuls alone, both sides (CPU)
+  python benchmarks/mae_step.py --attention           # + one attention layer alone, both sides (CPU)
   python benchmarks/mae_step.py --system-malloc       # without host_memory.keep_freed_memory()
 
 Like main.py, the script first tells glibc to keep freed memory (`mae_face_jax/host_memory.py`):
@@ -61,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help='also time forward and forward+backward alone on both sides (where the time goes)')
   p.add_argument('--gemms', action='store_true',
                  help="also time the step's MLP matrix products alone on both sides (CPU only)")
+  p.add_argument('--attention', action='store_true',
+                 help='also time one attention layer (qkv, attention, projection) forward+backward '
+                      "alone: our Attention vs timm's, at the encoder's and decoder's shapes (CPU only)")
   p.add_argument('--system-malloc', action='store_true',
                  help="leave glibc's malloc as it is; by default both sides run with "
                       'host_memory.keep_freed_memory(), as main.py does')
@@ -246,6 +250,42 @@ def print_gemms(size: str, img_size: int, mask_ratio: float, batch: int, reps: i
     print(f'  {where} ({m}×{d} · {d}×{h}): ' + ', '.join(row))
 
 
+def print_attention(size: str, img_size: int, mask_ratio: float, batch: int, reps: int) -> None:
+  """One attention layer (qkv, attention, projection), forward+backward of a sum of squares, alone:
+  our `Attention` (jitted) against timm's, at the encoder's and the decoder's token counts."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  from flax import nnx
+  from timm.models.vision_transformer import Attention as TimmAttention
+
+  from configs.common import model_config
+  from mae_face_jax.models.vit import Attention
+  cfg = model_config(size, img_size)
+  tokens = (img_size // cfg.patch_size)**2
+  keep = int(tokens * (1 - mask_ratio))
+  rng = np.random.default_rng(0)
+  print('one attention layer alone, forward+backward (ms, median of reps; JAX / PyTorch):')
+  for where, n, d, heads, depth in (
+      ('encoder', 1 + keep, cfg.embed_dim, cfg.num_heads, cfg.depth),
+      ('decoder', 1 + tokens, cfg.decoder_embed_dim, cfg.decoder_num_heads, cfg.decoder_depth)):
+    x = rng.standard_normal((batch, n, d)).astype(np.float32)
+    ours = Attention(d, heads, attention_impl=None, dtype=jnp.float32, param_dtype=jnp.float32,
+                     rngs=nnx.Rngs(0))
+    grad = nnx.jit(nnx.grad(lambda m, x: (m(x)**2).sum()))
+    theirs, jx, tx = TimmAttention(d, heads, qkv_bias=True), jnp.asarray(x), torch.from_numpy(x)
+
+    def torch_fwd_bwd(theirs=theirs, tx=tx):
+      theirs.zero_grad(set_to_none=True)
+      (theirs(tx)**2).sum().backward()
+    times, _, _ = time_alternating({'jax': lambda: jax.block_until_ready(grad(ours, jx)),
+                                    'torch': torch_fwd_bwd}, reps + 1)
+    ms = {name: statistics.median(t[1:]) * 1e3 for name, t in times.items()}  # first: compile
+    print(f'  {where} ({batch}×{n} tokens, width {d}, {heads} heads; {depth} such layers a step): '
+          f'{ms["jax"]:.1f} / {ms["torch"]:.1f}')
+
+
 def print_breakdown(phases: dict, step_median: dict, reps: int) -> None:
   """Medians of forward and forward+backward alone (sides alternating, as the step), and what the
   optimizer update adds (step - forward+backward); one row per phase, JAX / PyTorch ratio last."""
@@ -358,6 +398,8 @@ def main(argv=None) -> None:
     print_breakdown(phases, med, args.steps)
   if args.gemms and not on_gpu:
     print_gemms(args.size, args.img_size, args.mask_ratio, batch, max(args.steps, 5))
+  if args.attention and not on_gpu:
+    print_attention(args.size, args.img_size, args.mask_ratio, batch, max(args.steps, 5))
   if 'jax' in med:
     step_flops = run_jax.flops(j_imgs, j_noise)
     n = 8192 if on_gpu else 2048
