@@ -1,5 +1,5 @@
-"""Data pipeline of mae-face-jax: files on disk -> numpy batches (uint8 images). Imports no model code; only
-``datasets.host_shard`` touches jax (process index/count).
+"""Data pipeline of mae-face-jax: files on disk -> numpy batches (uint8 images). Imports no model
+code; only ``datasets.host_shard`` touches jax (process index/count).
 
 Modules, one idea each (signatures in their docstrings):
     abaw        ABAW/Aff-Wild2 layout: load_split, load_test_set, load_frames, read_annotation, CLASSES

@@ -2,9 +2,9 @@
 
 Records are dicts (see ``abaw``). Images stay uint8 RGB HWC through every transform and into the
 batch (``collate`` stacks them): cheap to compute and to pass between processes and to the device,
-where the programs normalise them (``mae_face_jax.images.normalize``). A record whose image cannot be decoded
-becomes ``{SKIPPED: path}``: later transforms pass it through and ``skips`` drops and counts it before
-batching.
+where the programs normalise them (``mae_face_jax.images.normalize``). A record whose image cannot
+be decoded becomes ``{SKIPPED: path}``: later transforms pass it through and ``skips`` drops and
+counts it before batching.
 
 Every geometric or photometric transform applies the *same* random parameters to all image views of
 a record ('image' and, in paired mode, 'region_image'), so the two views stay pixel-aligned.
