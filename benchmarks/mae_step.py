@@ -252,7 +252,8 @@ def print_gemms(size: str, img_size: int, mask_ratio: float, batch: int, reps: i
 
 def print_attention(size: str, img_size: int, mask_ratio: float, batch: int, reps: int) -> None:
   """One attention layer (qkv, attention, projection), forward+backward of a sum of squares, alone:
-  our `Attention` (jitted) against timm's, at the encoder's and the decoder's token counts."""
+  our `Attention` (jitted) against timm's, at the encoder's and the decoder's token counts; then the
+  attention without the two products (jax.nn.dot_product_attention vs PyTorch's fused kernel)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -282,8 +283,21 @@ def print_attention(size: str, img_size: int, mask_ratio: float, batch: int, rep
     times, _, _ = time_alternating({'jax': lambda: jax.block_until_ready(grad(ours, jx)),
                                     'torch': torch_fwd_bwd}, reps + 1)
     ms = {name: statistics.median(t[1:]) * 1e3 for name, t in times.items()}  # first: compile
+    # The attention itself, without the layer's two products: jax.nn.dot_product_attention
+    # against PyTorch's fused scaled_dot_product_attention, same q = k = v.
+    qkv = rng.standard_normal((batch, n, heads, d // heads)).astype(np.float32)
+    core = jax.jit(jax.grad(lambda q: (jax.nn.dot_product_attention(q, q, q)**2).sum()))
+    jq, tq = jnp.asarray(qkv), torch.from_numpy(qkv).transpose(1, 2).contiguous().requires_grad_()
+
+    def torch_core(tq=tq):
+      tq.grad = None
+      (torch.nn.functional.scaled_dot_product_attention(tq, tq, tq)**2).sum().backward()
+    times, _, _ = time_alternating({'jax': lambda: jax.block_until_ready(core(jq)),
+                                    'torch': torch_core}, reps + 1)
+    core_ms = {name: statistics.median(t[1:]) * 1e3 for name, t in times.items()}
     print(f'  {where} ({batch}×{n} tokens, width {d}, {heads} heads; {depth} such layers a step): '
-          f'{ms["jax"]:.1f} / {ms["torch"]:.1f}')
+          f'{ms["jax"]:.1f} / {ms["torch"]:.1f}; the attention alone (no qkv/proj products) '
+          f'{core_ms["jax"]:.1f} / {core_ms["torch"]:.1f}')
 
 
 def print_breakdown(phases: dict, step_median: dict, reps: int) -> None:
