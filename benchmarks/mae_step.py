@@ -147,19 +147,24 @@ def jax_step_fn(size, img_size, mask_ratio, attention_impl, torch_state, seed, d
   return run
 
 
+def best_seconds(fn, reps: int = 5) -> float:
+  """The fastest of `reps` timed calls of `fn` (which waits for its result), after one untimed."""
+  fn()
+  best = float('inf')
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
 def matmul_peak_flops(dtype: str, device, n: int) -> float:
   """The machine's measured matmul rate (FLOP/s): the best of repeated n×n×n products."""
   import jax
   import jax.numpy as jnp
   a = jax.device_put(jnp.ones((n, n), dtype), device)
   mm = jax.jit(lambda x: x @ x)
-  mm(a).block_until_ready()
-  best = float('inf')
-  for _ in range(5):
-    t0 = time.perf_counter()
-    mm(a).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
-  return 2 * n**3 / best
+  return 2 * n**3 / best_seconds(lambda: mm(a).block_until_ready())
 
 
 def torch_matmul_peak_flops(device, n: int) -> float:
@@ -167,13 +172,7 @@ def torch_matmul_peak_flops(device, n: int) -> float:
   the hardware's peak, so the larger of the two peaks is the better bound)."""
   import torch
   a = torch.ones((n, n), device=device)
-  (a @ a).sum().item()
-  best = float('inf')
-  for _ in range(5):
-    t0 = time.perf_counter()
-    (a @ a)[0, 0].item()  # .item() waits for CUDA too
-    best = min(best, time.perf_counter() - t0)
-  return 2 * n**3 / best
+  return 2 * n**3 / best_seconds(lambda: (a @ a)[0, 0].item())  # .item() waits for CUDA too
 
 
 def torch_step_fn(model, device):
