@@ -126,9 +126,11 @@ def test_paired_region_view_read_from_disk(tmp_path):
   disk = next(iter(datasets.paired_dataset(src, region_images_dir='cropped_aligned_eyes', **kw)))
   fly = next(iter(datasets.paired_dataset(src, **kw)))
   np.testing.assert_array_equal(disk['image'], fly['image'])
-  level = lambda a, b: np.abs(a.astype(np.int32) - b).mean()  # mean difference in uint8 levels
-  assert level(disk['region_image'], fly['region_image']) < 3  # JPEG re-encoding only
-  assert level(disk['region_image'], disk['image']) > 17  # it is not the face again
+  # Mean difference in uint8 levels; the bounds are 0.05 and 0.3 in normalised units (÷ 255·std),
+  # taken at the channel std that makes each one strictest.
+  level = lambda a, b: np.abs(a.astype(np.int32) - b).mean()
+  assert level(disk['region_image'], fly['region_image']) < 0.05 * 255 * 0.224  # JPEG re-encoding
+  assert level(disk['region_image'], disk['image']) > 0.3 * 255 * 0.229  # it is not the face again
 
 
 def finetune(source, seed=0, **kw):
