@@ -12,7 +12,7 @@ so that load from other processes hits both sides alike; the medians and
   python benchmarks/mae_step.py --xla-flags='--xla_cpu_experimental_ynn_fusion_type='  # Eigen dots
   python benchmarks/mae_step.py --fast-math           # opt-in, changes numerics; said in the output
   python benchmarks/mae_step.py --breakdown           # + forward, backward, optimizer times per side
-  python benchmarks/mae_step.py --gemms               # + the step's MLP matmuls alone, both sides (CPU)
+  python benchmarks/mae_step.py --gemms               # + the step's matmuls alone, both sides (CPU)
   python benchmarks/mae_step.py --attention           # + one attention layer alone, both sides (CPU)
   python benchmarks/mae_step.py --system-malloc       # without host_memory.keep_freed_memory()
 
@@ -61,7 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--breakdown', action='store_true',
                  help='also time forward and forward+backward alone on both sides (where the time goes)')
   p.add_argument('--gemms', action='store_true',
-                 help="also time the step's MLP matrix products alone on both sides (CPU only)")
+                 help="also time every linear-layer matrix product of the step alone on both sides, "
+                      'and what they sum to against the target (CPU only)')
   p.add_argument('--attention', action='store_true',
                  help='also time one attention layer (qkv, attention, projection) forward+backward '
                       "alone: our Attention vs timm's, at the encoder's and decoder's shapes (CPU only)")
@@ -199,6 +200,13 @@ def torch_step_fn(model, device):
   return run
 
 
+# PyTorch's OpenMP threads spin for a while after each parallel region, on the cores the next
+# call needs: measured here, a JAX 400×768·768×3,072 product timed right after a PyTorch call ran at
+# 0.17 TFLOP/s, after a 1 ms pause at 0.21–0.22, alone at 0.24. Each timed call starts after this
+# untimed pause, so neither side pays for the other's idle threads.
+SETTLE_SECONDS = 0.01
+
+
 def time_alternating(fns: dict, reps: int, report=None) -> tuple[dict, dict, dict]:
   """Wall seconds, process CPU seconds and minor page faults of `reps` calls of each fn,
   alternating sides so background load hits them alike; `report(i, wall)` after each round."""
@@ -207,6 +215,7 @@ def time_alternating(fns: dict, reps: int, report=None) -> tuple[dict, dict, dic
   faults = {name: [] for name in fns}
   for i in range(reps):
     for name, fn in fns.items():
+      time.sleep(SETTLE_SECONDS)
       f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       c0, t0 = time.process_time(), time.perf_counter()
       fn()
@@ -218,35 +227,65 @@ def time_alternating(fns: dict, reps: int, report=None) -> tuple[dict, dict, dic
   return wall, cpu, faults
 
 
-def print_gemms(size: str, img_size: int, mask_ratio: float, batch: int, reps: int) -> None:
-  """The step's MLP matrix products alone, in JAX (jitted) and PyTorch, in the three forms the step
-  runs: forward (x·W), input gradient (dy·Wᵀ) and kernel gradient (xᵀ·dy); TFLOP/s (median)."""
+def step_products(cfg, img_size: int, mask_ratio: float, batch: int
+                  ) -> list[tuple[str, int, int, int, int, bool]]:
+  """Every matrix product of one MAE step's linear layers as (name, m, k, n, layers, input_grad):
+  an (m×k)·(k×n) forward product per layer, its kernel gradient, and its input gradient where one
+  flows (not into the images). Attention's own batched products are left out (--attention)."""
+  tokens = (img_size // cfg.patch_size)**2
+  enc, dec = batch * (1 + int(tokens * (1 - mask_ratio))), batch * (1 + tokens)
+  d, dd, pixels = cfg.embed_dim, cfg.decoder_embed_dim, cfg.patch_size**2 * cfg.in_chans
+  h, dh = int(d * cfg.mlp_ratio), int(dd * cfg.mlp_ratio)
+  return [('patch_embed', batch * tokens, pixels, d, 1, False),
+          ('encoder qkv', enc, d, 3 * d, cfg.depth, True),
+          ('encoder proj', enc, d, d, cfg.depth, True),
+          ('encoder fc1', enc, d, h, cfg.depth, True),
+          ('encoder fc2', enc, h, d, cfg.depth, True),
+          ('decoder_embed', enc, d, dd, 1, True),
+          ('decoder qkv', dec, dd, 3 * dd, cfg.decoder_depth, True),
+          ('decoder proj', dec, dd, dd, cfg.decoder_depth, True),
+          ('decoder fc1', dec, dd, dh, cfg.decoder_depth, True),
+          ('decoder fc2', dec, dh, dd, cfg.decoder_depth, True),
+          ('decoder_pred', dec, dd, pixels, 1, True)]
+
+
+def time_gemms(size: str, img_size: int, mask_ratio: float, batch: int, reps: int
+               ) -> tuple[dict, float]:
+  """Times each of the step's linear-layer products alone in JAX (jitted) and PyTorch, in the
+  forms the step runs them: forward (x·W), input gradient (dy·Wᵀ) and kernel gradient (xᵀ·dy),
+  sides alternating; prints TFLOP/s per layer. Returns the seconds all of them take in one step on
+  each side (median times × layers) and their FLOPs."""
   import jax
   import numpy as np
   import torch
 
   from configs.common import model_config
-  cfg = model_config(size, img_size)
-  tokens = (img_size // cfg.patch_size)**2
-  keep = int(tokens * (1 - mask_ratio))
   rng = np.random.default_rng(0)
-  print('MLP matrix products alone (TFLOP/s, median of reps; JAX / PyTorch):')
-  for where, m, d in (('encoder', batch * (1 + keep), cfg.embed_dim),
-                      ('decoder', batch * (1 + tokens), cfg.decoder_embed_dim)):
-    h = int(d * cfg.mlp_ratio)
-    x, dy = rng.standard_normal((m, d), np.float32), rng.standard_normal((m, h), np.float32)
-    w = rng.standard_normal((d, h), np.float32)
-    forms = {'x·W': (lambda a, b: a @ b, (x, w)), 'dy·Wᵀ': (lambda a, b: a @ b.T, (dy, w)),
-             'xᵀ·dy': (lambda a, b: a.T @ b, (x, dy))}
+  total, flops = {'jax': 0.0, 'torch': 0.0}, 0.0
+  print('the step\'s linear-layer matrix products alone (TFLOP/s, median of reps; JAX / PyTorch):')
+  for name, m, k, n, layers, input_grad in step_products(model_config(size, img_size), img_size,
+                                                         mask_ratio, batch):
+    x, dy = rng.standard_normal((m, k), np.float32), rng.standard_normal((m, n), np.float32)
+    w = rng.standard_normal((k, n), np.float32)
+    forms = {'x·W': (lambda a, b: a @ b, (x, w)), 'xᵀ·dy': (lambda a, b: a.T @ b, (x, dy))}
+    if input_grad:
+      forms['dy·Wᵀ'] = (lambda a, b: a @ b.T, (dy, w))
     row = []
     for form, (fn, args) in forms.items():
       j_fn, j_args = jax.jit(fn), [jax.numpy.asarray(a) for a in args]
       t_args = [torch.from_numpy(a) for a in args]
       times, _, _ = time_alternating({'jax': lambda: j_fn(*j_args).block_until_ready(),
                                       'torch': lambda: fn(*t_args)}, reps + 1)
-      rate = {n: 2 * m * d * h / statistics.median(t[1:]) / 1e12 for n, t in times.items()}
-      row.append(f'{form} {rate["jax"]:.3f} / {rate["torch"]:.3f}')
-    print(f'  {where} ({m}×{d} · {d}×{h}): ' + ', '.join(row))
+      med = {side: statistics.median(t[1:]) for side, t in times.items()}  # first: compile
+      for side in total:
+        total[side] += layers * med[side]
+      flops += layers * 2 * m * k * n
+      row.append(f'{form} {2 * m * k * n / med["jax"] / 1e12:.3f} / '
+                 f'{2 * m * k * n / med["torch"] / 1e12:.3f}')
+    print(f'  {name} ({m}×{k} · {k}×{n}, {layers}×): ' + ', '.join(row))
+  print(f'  all of them, one step ({flops / 1e9:.1f} GFLOP): JAX {total["jax"]:.3f} s, '
+        f'PyTorch {total["torch"]:.3f} s (JAX / PyTorch {total["jax"] / total["torch"]:.2f})')
+  return total, flops
 
 
 def print_attention(size: str, img_size: int, mask_ratio: float, batch: int, reps: int) -> None:
@@ -409,8 +448,9 @@ def main(argv=None) -> None:
     print(f'throughput ratio = JAX images/s / PyTorch images/s = {med["torch"] / med["jax"]:.3f}')
   if phases:
     print_breakdown(phases, med, args.steps)
+  gemms = None
   if args.gemms and not on_gpu:
-    print_gemms(args.size, args.img_size, args.mask_ratio, batch, max(args.steps, 5))
+    gemms = time_gemms(args.size, args.img_size, args.mask_ratio, batch, max(args.steps, 5))
   if args.attention and not on_gpu:
     print_attention(args.size, args.img_size, args.mask_ratio, batch, max(args.steps, 5))
   if 'jax' in med:
@@ -433,6 +473,16 @@ def main(argv=None) -> None:
       print(f'ratio 0.8 (throughput 1.25x) needs the JAX step at {torch_rate / 0.8 / 1e12:.3f} TFLOP/s '
             f'= {torch_rate / 0.8 / best:.2f} of that rate'
             + (': above the measured peak' if torch_rate / 0.8 > best else ''))
+    if 'torch' in med and gemms:
+      # The products are nearly all of the step's FLOPs and nothing else in a step can make them
+      # faster: if they alone, at XLA's own measured rates, outlast 0.8x PyTorch's whole step, no
+      # JAX step built on them can meet the target here.
+      (product_s, product_flops), allowed = gemms, 0.8 * med['torch']
+      print(f'ratio 0.8 allows the whole JAX step {allowed:.3f} s; its linear-layer products alone '
+            f'({product_flops / step_flops:.0%} of the step\'s FLOPs) take JAX {product_s["jax"]:.3f} s '
+            f'at the rates above (PyTorch {product_s["torch"]:.3f} s)'
+            + (': over the allowance before anything else runs' if product_s['jax'] > allowed
+               else ''))
 
 if __name__ == '__main__':
   main()
