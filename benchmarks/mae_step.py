@@ -40,6 +40,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+# PyTorch's OpenMP threads spin for a while after each parallel region, on the cores the next
+# call needs, which slows a JAX call timed right after a PyTorch one (--settle-ms 0 shows it). Each
+# timed call starts after this untimed pause, so neither side pays for the other's idle threads.
+SETTLE_SECONDS = 0.01  # --settle-ms
+
+
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,6 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--system-malloc', action='store_true',
                  help="leave glibc's malloc as it is; by default both sides run with "
                       'host_memory.keep_freed_memory(), as main.py does')
+  p.add_argument('--settle-ms', type=float, default=SETTLE_SECONDS * 1e3,
+                 help="untimed pause before each timed call, so PyTorch's spinning OpenMP threads "
+                      'have let go of the cores (0: none)')
   p.add_argument('--seed', type=int, default=0)
   return p.parse_args(argv)
 
@@ -198,13 +207,6 @@ def torch_step_fn(model, device):
   run.phases = {'forward': lambda imgs, noise: model(imgs, noise)[0],
                 'forward+backward': forward_backward}
   return run
-
-
-# PyTorch's OpenMP threads spin for a while after each parallel region, on the cores the next
-# call needs: measured here, a JAX 400×768·768×3,072 product timed right after a PyTorch call ran at
-# 0.17 TFLOP/s, after a 1 ms pause at 0.21–0.22, alone at 0.24. Each timed call starts after this
-# untimed pause, so neither side pays for the other's idle threads.
-SETTLE_SECONDS = 0.01
 
 
 def time_alternating(fns: dict, reps: int, report=None) -> tuple[dict, dict, dict]:
@@ -359,7 +361,9 @@ def print_breakdown(phases: dict, step_median: dict, reps: int) -> None:
 
 
 def main(argv=None) -> None:
+  global SETTLE_SECONDS
   args = parse_args(argv)
+  SETTLE_SECONDS = args.settle_ms / 1e3
   set_xla_flags(args)
   from mae_face_jax import host_memory
   kept = not args.system_malloc and host_memory.keep_freed_memory()  # before JAX/torch threads
@@ -419,7 +423,8 @@ def main(argv=None) -> None:
            else f'{torch.get_num_threads()} threads')
   print(f'torch {torch.__version__} on {tdev} ({where})')
   print(f'fast math: {"ON (numerics differ from fp32 reference)" if args.fast_math else "off"}; '
-        f'malloc: {"keeps freed memory (host_memory)" if kept else "system default"}', flush=True)
+        f'malloc: {"keeps freed memory (host_memory)" if kept else "system default"}; '
+        f'untimed pause before each timed call: {SETTLE_SECONDS * 1e3:g} ms', flush=True)
 
   first_loss = {}
   for name, fn in sides.items():
