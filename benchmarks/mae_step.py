@@ -251,6 +251,13 @@ def step_products(cfg, img_size: int, mask_ratio: float, batch: int
           ('decoder_pred', dec, dd, pixels, 1, True)]
 
 
+def products_flops(products: list[tuple[str, int, int, int, int, bool]]) -> float:
+  """FLOPs of `step_products` in one step: forward and kernel gradient, plus the input gradient
+  where one flows."""
+  return float(sum(layers * 2 * m * k * n * (3 if input_grad else 2)
+                   for _, m, k, n, layers, input_grad in products))
+
+
 def time_gemms(size: str, img_size: int, mask_ratio: float, batch: int, reps: int
                ) -> tuple[dict, float]:
   """Times each of the step's linear-layer products alone in JAX (jitted) and PyTorch, in the
@@ -263,10 +270,10 @@ def time_gemms(size: str, img_size: int, mask_ratio: float, batch: int, reps: in
 
   from configs.common import model_config
   rng = np.random.default_rng(0)
-  total, flops = {'jax': 0.0, 'torch': 0.0}, 0.0
+  products = step_products(model_config(size, img_size), img_size, mask_ratio, batch)
+  total = {'jax': 0.0, 'torch': 0.0}
   print('the step\'s linear-layer matrix products alone (TFLOP/s, median of reps; JAX / PyTorch):')
-  for name, m, k, n, layers, input_grad in step_products(model_config(size, img_size), img_size,
-                                                         mask_ratio, batch):
+  for name, m, k, n, layers, input_grad in products:
     x, dy = rng.standard_normal((m, k), np.float32), rng.standard_normal((m, n), np.float32)
     w = rng.standard_normal((k, n), np.float32)
     forms = {'x·W': (lambda a, b: a @ b, (x, w)), 'xᵀ·dy': (lambda a, b: a.T @ b, (x, dy))}
@@ -281,10 +288,10 @@ def time_gemms(size: str, img_size: int, mask_ratio: float, batch: int, reps: in
       med = {side: statistics.median(t[1:]) for side, t in times.items()}  # first: compile
       for side in total:
         total[side] += layers * med[side]
-      flops += layers * 2 * m * k * n
       row.append(f'{form} {2 * m * k * n / med["jax"] / 1e12:.3f} / '
                  f'{2 * m * k * n / med["torch"] / 1e12:.3f}')
     print(f'  {name} ({m}×{k} · {k}×{n}, {layers}×): ' + ', '.join(row))
+  flops = products_flops(products)
   print(f'  all of them, one step ({flops / 1e9:.1f} GFLOP): JAX {total["jax"]:.3f} s, '
         f'PyTorch {total["torch"]:.3f} s (JAX / PyTorch {total["jax"] / total["torch"]:.2f})')
   return total, flops
