@@ -20,17 +20,6 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'import_torch', 'export_tor
 _TORCH_CKPT = flags.DEFINE_string('torch_checkpoint', None,
                                   'PyTorch checkpoint (.pth/.safetensors) to import or export to.')
 
-def build_model_for(config):
-  """The model a config's program trains: the MAE for pretraining, else the ViT classifier."""
-  from flax import nnx
-
-  from mae_face_jax.models.build import build_mae, build_vit
-  rngs = nnx.Rngs(config.get('seed', 0))
-  if config.program == 'pretrain':
-    return build_mae(config.model, rngs)
-  return build_vit(config.model, rngs)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -42,9 +31,13 @@ def main(argv):
 
   if _MODE.value in ('import_torch', 'export_torch'):
     from mae_face_jax import checkpointing, torch_interop
+    from mae_face_jax.models.build import build_model
     if not _TORCH_CKPT.value:
       raise app.UsageError(f'--mode={_MODE.value} needs --torch_checkpoint=PATH')
-    model = build_model_for(config)
+    if config.program not in ('pretrain', 'finetune'):
+      raise app.UsageError(f'--mode={_MODE.value} needs a pretrain or finetune config, not '
+                           f'program={config.program!r}')
+    model = build_model(config)
     params_dir = os.path.join(workdir, 'params')
     if _MODE.value == 'import_torch':
       report = torch_interop.import_torch_checkpoint(model, _TORCH_CKPT.value)

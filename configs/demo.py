@@ -7,9 +7,9 @@ Each stage's config is a field here; each stage can also run alone with its own 
 
 import ml_collections
 
-from configs.finetune_common import finetune_config
+from configs.finetune import finetune_config
 from configs.fusion import fusion_config
-from configs.pretrain_common import pretrain_config
+from configs.pretrain import pretrain_config
 
 SIZE, IMG = 'tiny', 112
 ENCODER = dict(depth=6)  # ViT-Ti width (192, 3 heads) at half depth: minutes on two CPU cores
@@ -28,12 +28,13 @@ def get_config() -> ml_collections.ConfigDict:
   pre.model.update(ENCODER)
   pre.data.update(config.data)
   pre.batch_size = 64
+  pre.total_epochs, pre.warmup_epochs = None, None
   pre.total_steps = 400
   pre.warmup_steps = 40
   pre.base_lr = 1.5e-4 * 8
-  pre.log_every = 50
-  pre.eval_every = 100
-  pre.checkpoint_every = 200
+  pre.log_steps = 50
+  pre.eval_steps = 100
+  pre.checkpoint_steps = 200
   config.pretrain = pre
 
   for name, view in (('finetune_face', 'face'), ('finetune_region', 'eyes_mouth')):
@@ -42,35 +43,32 @@ def get_config() -> ml_collections.ConfigDict:
     ft.data.update(config.data)
     ft.batch_size = 32                # more, smaller steps: the demo is step-bound, not data-bound
     ft.eval_batch_size = 128
-    ft.num_epochs = 3.0
+    ft.total_epochs = 3.0
     ft.warmup_epochs = 0.5
     ft.base_lr = 6e-3
     ft.layer_decay = 0.85             # 6 blocks, not ViT-B's 12: lower blocks still need to move
     # Milder augmentation than ImageNet's: the demo's expression cues are a few pixels wide and
-    # read against the aligned face's geometry, which large random zooms (scale 0.5: 1.4x) and the
-    # evaluation's centre crop would blur (measured from random init, 2 epochs: best val macro F1
-    # 0.10 with scale (0.5, 1) and crop_pct 0.875, 0.17 with these).
+    # read against the aligned face's geometry, which large random zooms and the evaluation's
+    # centre crop would blur.
     ft.data.scale = (0.85, 1.0)
     ft.data.crop_pct = 1.0
     ft.data.rand_augment = None
     ft.data.erase_prob = 0.0
     ft.class_weights = 'sqrt_inverse_frequency'
-    ft.log_every = 25
-    ft.checkpoint_every = 200
+    ft.log_steps = 25
+    ft.checkpoint_steps = 200
     config[name] = ft
 
-  fu = fusion_config(SIZE, IMG)
+  fu = fusion_config('eyes_mouth', SIZE, IMG)
   fu.model.update(ENCODER)
-  fu.model.drop_path_rate = 0.0
   fu.data.update(config.data)
-  fu.region_view = 'eyes_mouth'
   fu.aux_blocks = 2                 # lower-level auxiliary features
   fu.fusion.num_heads = 3
   fu.cache_features = True          # the demo's tokens fit in memory
   fu.class_weights = 'sqrt_inverse_frequency'  # as the face classifier each head starts from
   fu.batch_size = 128
   fu.eval_batch_size = 256
-  fu.num_epochs = 2.0
-  fu.log_every = 50
+  fu.total_epochs = 2.0
+  fu.log_steps = 50
   config.fusion = fu
   return config

@@ -1,6 +1,7 @@
-"""Orbax checkpoints: model parameters alone (`save_params`/`restore_params`, used by the PyTorch
-interop) and whole training runs (`TrainCheckpointer`: train state + data position, resumable;
-`Preemption`: SIGTERM handling).
+"""Orbax checkpoints: model parameters alone (`save_params`/`restore_params`: the PyTorch interop,
+fusion's encoders), whole training runs (`TrainCheckpointer`: train state + data position,
+resumable; `Preemption`: SIGTERM handling), and what later stages read from a run's workdir
+(`load_pretrained_params`: stage 1's weights; `save_best`/`load_best`: fine-tuning's best epoch).
 
 Orbax writes into a temporary directory and renames it when complete, so a write that is killed
 leaves no half checkpoint under the final name.
@@ -21,6 +22,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from mae_face_jax import observe, report
 from mae_face_jax.models.vit import PosEmbed
 from mae_face_jax.train_state import flatten
 
@@ -65,6 +67,18 @@ def restore_params(path: str, model: nnx.Module) -> None:
   nnx.update(model, state)
 
 
+def read_numpy(path: str) -> dict:
+  """Any Orbax pytree checkpoint (a `save_params` or best/ directory, a training step's state) as
+  nested dicts of host numpy arrays, on every process alike."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'{path}: no checkpoint there')
+  with ocp.PyTreeCheckpointer() as ckptr:
+    meta = ckptr.metadata(path).item_metadata
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta.tree)
+    return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
 # ---------------------------------------------------------------------------------------------
 # Training checkpoints: the whole train state + each host's data-iterator position, resumable.
 # ---------------------------------------------------------------------------------------------
@@ -90,12 +104,12 @@ class TrainCheckpointer:
   directory renamed when complete, so a killed write never hides the previous checkpoint.
   """
 
-  def __init__(self, directory: str, *, save_every: int = 1, keep: int | None = None,
-               use_async: bool = True, read_only: bool = False):
+  def __init__(self, directory: str, *, keep: int | None = None, use_async: bool = True,
+               read_only: bool = False):
     """`read_only`: for readers (stage 2, tests) next to a run that may be writing: it neither
     creates the directory nor removes the temporary directory of a save in progress."""
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=save_every, max_to_keep=keep, create=not read_only,
+        max_to_keep=keep, create=not read_only,
         read_only=read_only, enable_async_checkpointing=use_async,
         cleanup_tmp_directories=not read_only)  # a writer drops leftovers of a killed write
     self.directory = os.path.abspath(directory)
@@ -110,11 +124,11 @@ class TrainCheckpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._mngr.all_steps())
 
-  def save(self, step: int, state: Any, data_iter: Any, *, force: bool = False) -> bool:
-    """Saves if `step` is on the interval (or `force`); returns whether a save started."""
-    return self._mngr.save(step, args=ocp.args.Composite(
+  def save(self, step: int, state: Any, data_iter: Any) -> None:
+    """Starts writing `step` (the caller decides when: every save is taken)."""
+    self._mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(data_iter))), force=force)
+        data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(data_iter))), force=True)
 
   def restore(self, step: int, abstract_state: Any, data_iter: Any) -> Any:
     """State at `step`, placed as `abstract_state` says (ShapeDtypeStructs with shardings); the
@@ -129,12 +143,7 @@ class TrainCheckpointer:
 
   def restore_params(self, step: int) -> dict:
     """Only the parameters of `step`, as host numpy arrays (stage 2 reads the encoder from them)."""
-    path = os.path.join(self.directory, str(step), 'state')
-    with ocp.PyTreeCheckpointer() as ckptr:
-      meta = ckptr.metadata(path).item_metadata
-      restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta.tree)
-      restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-    return restored['params']
+    return read_numpy(os.path.join(self.directory, str(step), 'state'))['params']
 
   def wait(self) -> None:
     self._mngr.wait_until_finished()
@@ -188,15 +197,47 @@ class Preemption:
 
 def open_and_resume(config: Any, workdir: str, state: Any, state_shardings: Any, data_iter: Any
                     ) -> tuple[TrainCheckpointer, Any]:
-  """The program's checkpoint manager (`workdir/checkpoints`, interval and retention from the
-  config) and the state to start from: the latest checkpoint's if there is one (placed as
-  `state_shardings` say, the data iterator moved to its position), else `state` itself."""
-  ckpt = TrainCheckpointer(
-      os.path.join(workdir, 'checkpoints'), save_every=config.checkpoint_every,
-      keep=config.keep_checkpoints, use_async=config.get('async_checkpoints', True))
+  """The program's checkpoint manager (`workdir/checkpoints`, retention from the config) and the
+  state to start from: the latest checkpoint's if there is one (placed as `state_shardings` say,
+  the data iterator moved to its position), else `state` itself."""
+  ckpt = TrainCheckpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
+                           use_async=config.get('async_checkpoints', True))
   if (latest := ckpt.latest_step()) is not None:
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             state, state_shardings)
     state = ckpt.restore(latest, abstract, data_iter)
     logging.info('resumed from %s/%d', ckpt.directory, latest)
   return ckpt, state
+
+
+def load_pretrained_params(workdir: str, step: int | None = None) -> tuple[dict, int]:
+  """The parameters of a training workdir's latest (or given) checkpoint as host numpy arrays
+  (stage 2 imports stage 1's MAE from them). Returns (params, step)."""
+  ckpt = TrainCheckpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
+  steps = ckpt.all_steps()
+  step = (steps[-1] if steps else None) if step is None else step
+  if step not in steps:
+    ckpt.close()
+    raise FileNotFoundError(f'{workdir}/checkpoints: no checkpoint of step {step} (has {steps})')
+  params = ckpt.restore_params(step)
+  ckpt.close()
+  return params, step
+
+
+def save_best(workdir: str, params: Any, result: dict[str, Any], step: int) -> None:
+  """Parameters of the best evaluation under best/ (atomic, replacing the previous best) and its
+  metrics in best.json. Collective: every process calls it."""
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(workdir, 'best'), params, force=True)
+  if observe.is_chief():
+    report.atomic_write_text(os.path.join(workdir, 'best.json'),
+                             json.dumps(dict(result, step=step), indent=1))
+
+
+def load_best(workdir: str) -> dict[str, Any]:
+  """best.json of a fine-tuning workdir ({'macro_f1': -1} before the first evaluation)."""
+  path = os.path.join(workdir, 'best.json')
+  if not os.path.exists(path):
+    return {'macro_f1': -1.0}
+  with open(path) as f:
+    return json.load(f)

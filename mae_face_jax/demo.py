@@ -76,6 +76,6 @@ def write_pretraining_gain(workdir: str, config: Any, results: dict[str, tuple[f
     lines.append(f'| {config[key].view} | {100 * pretrained:.2f} | {100 * scratch:.2f} | '
                  f'{100 * (pretrained - scratch):+.2f} |')
   text = ('Best validation macro F1 (%) of the same fine-tuning budget, '
-          f'{config.finetune_face.num_epochs:g} epochs a view:\n\n' + '\n'.join(lines) + '\n')
+          f'{config.finetune_face.total_epochs:g} epochs a view:\n\n' + '\n'.join(lines) + '\n')
   report.atomic_write_text(os.path.join(workdir, 'pretraining_gain.md'), text)
   print('\n' + text)

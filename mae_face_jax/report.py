@@ -1,5 +1,6 @@
-"""Evaluation outputs a person reads: per-frame prediction tables, results tables, plots and the
-ABAW test-submission file."""
+"""Evaluation outputs a person reads: per-frame prediction tables, results tables, plots, the
+smoothing-window sweep, the whole report of several methods (`write_report`) and the ABAW
+test-submission file."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import csv
 import json
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -14,7 +16,9 @@ matplotlib.use('Agg')  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mae_face_jax import metrics  # noqa: E402
+from absl import logging  # noqa: E402
+
+from mae_face_jax import metrics, smoothing  # noqa: E402
 
 CLASSES = metrics.EXPR_CLASSES
 
@@ -139,3 +143,48 @@ def write_submission(path: str, videos: Sequence[str], frames: np.ndarray, preds
   rows = ['image_location,' + ','.join(CLASSES)]
   rows += [f'{videos[i]}/{int(frames[i]):05d}.jpg,{int(preds[i])}' for i in order]
   atomic_write_text(path, '\n'.join(rows) + '\n')
+
+
+def sweep_windows(probs: np.ndarray, frames: Mapping[str, np.ndarray], windows: Sequence[int]
+                  ) -> dict[int, float]:
+  """Validation macro F1 of `probs` smoothed with each window (`frames`: label, video, frame)."""
+  return {w: metrics.macro_f1(frames['label'], smoothing.sliding_window_smooth(
+      probs, frames['video'], frames['frame'], w).argmax(-1)) for w in windows}
+
+
+def write_report(report_dir: str, frames: Mapping[str, np.ndarray], probs: Mapping[str, np.ndarray],
+                 windows: Sequence[int], num_timelines: int
+                 ) -> tuple[dict[str, Any], dict[str, dict[int, float]]]:
+  """The report of several methods on the same frames (`frames`: label, video, frame; `probs`:
+  method → per-frame probabilities): results table of each method raw and smoothed with its best
+  window, the per-frame predictions behind every row, per-class F1 and F1-vs-window plots, and the
+  confusion matrix and timelines of the best method. Returns the results and F1-vs-window curves."""
+  os.makedirs(report_dir, exist_ok=True)
+  results, curves, best = {}, {}, (-1.0, '', 1)
+  labels, videos, frame_ids = frames['label'], frames['video'], frames['frame']
+  for name, p in probs.items():
+    curves[name] = sweep_windows(p, frames, windows)
+    window = max(curves[name], key=curves[name].get)
+    results[name] = metrics.summary(labels, p)
+    results[f'{name} + smoothing (w={window})'] = metrics.summary(
+        labels, smoothing.sliding_window_smooth(p, videos, frame_ids, window))
+    if curves[name][window] > best[0]:
+      best = (curves[name][window], name, window)
+  results['chance (uniform random predictions)'] = metrics.uniform_chance(labels)
+  write_results_table(report_dir, results)
+  _, name, window = best
+  smoothed = smoothing.sliding_window_smooth(probs[name], videos, frame_ids, window)
+  plot_confusion(os.path.join(report_dir, 'confusion_matrix.png'), labels, smoothed.argmax(-1),
+                 f'{name}, smoothed (w={window})')
+  plot_per_class_f1(os.path.join(report_dir, 'per_class_f1.png'), results)
+  plot_f1_vs_window(os.path.join(report_dir, 'f1_vs_window.png'), curves)
+  os.makedirs(os.path.join(report_dir, 'timelines'), exist_ok=True)
+  for video in list(dict.fromkeys(videos))[:num_timelines]:
+    rows = videos == video
+    plot_timeline(os.path.join(report_dir, 'timelines', f'{video}.png'), video, frame_ids[rows],
+                  labels[rows], probs[name][rows].argmax(-1), smoothed[rows].argmax(-1))
+  for method, p in probs.items():
+    write_predictions(os.path.join(report_dir, f'predictions_val_{method.replace(" ", "_")}.csv'),
+                      videos, frame_ids, labels, p)
+  logging.info('best: %s smoothed with window %d (macro F1 %.4f)', name, window, best[0])
+  return results, curves

@@ -1,17 +1,20 @@
-"""Device mesh, the logical-axis rules table, and placement of train state and batches.
+"""Device mesh, logical-axis rules, and placement of train state and batches.
 
-Every parameter carries `logical_axes` metadata (e.g. qkv kernel ('embed', 'heads')). One table,
-`LOGICAL_RULES`, maps those names to mesh axes, so data parallelism and FSDP are the same code with a
-different mesh: with fsdp=1 every parameter is replicated; with fsdp=k the 'embed'-like dimension of
-each parameter (and of its optimizer moments) is split k ways and XLA all-gathers it where used.
-The batch dimension is split over every mesh axis (data × fsdp).
+Parameters carry Flax's standard sharding metadata: logical axis names in `out_sharding` (e.g. qkv
+kernel ('embed', 'heads')). The rules, `config.mesh.rules` (pairs of logical name → mesh axis or
+None), turn them into mesh axes through Flax's own `nnx.logical_axis_rules` +
+`nnx.get_partition_spec`, so data parallelism and FSDP are the same code with another mesh or rule
+table: with fsdp=1 every parameter is replicated; with fsdp=k the 'embed'-like dimension of each
+matrix (and of its optimizer moments) is split k ways and XLA all-gathers it where used. Variables
+without names (biases, norm scales, tokens) are replicated. The batch dimension is split over every
+mesh axis (data × fsdp).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -22,16 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ('data', 'fsdp')
 BATCH_AXES = MESH_AXES  # the batch dimension is sharded over all of them
-
-# logical axis name → mesh axis (None = replicated). The single source of truth for placement.
-LOGICAL_RULES: dict[str, str | None] = {
-    'embed': 'fsdp',          # encoder width: the FSDP dimension of every encoder matrix
-    'decoder_embed': 'fsdp',  # decoder width
-    'norm': 'fsdp',           # LayerNorm scale/bias (width-sized vectors)
-    'heads': None,            # the other dimension of a matrix stays whole
-    'mlp': None,
-    'classes': None,
-}
+Rules = Sequence[tuple[str, str | None]]
 
 
 def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
@@ -58,39 +52,33 @@ def make_mesh(mesh_config: Mapping[str, int], devices: list | None = None) -> Me
                        devices=devices)
 
 
-def logical_to_spec(axes: tuple[str | None, ...] | None, shape: tuple[int, ...], mesh: Mesh,
-                    rules: Mapping[str, str | None] = LOGICAL_RULES) -> P:
-  """PartitionSpec for a parameter; a dimension the mesh axis does not divide stays whole."""
-  if axes is None:
-    return P()
-  if len(axes) != len(shape):
-    raise ValueError(f'logical axes {axes} do not match shape {shape}')
-  spec, used = [], set()
-  for name, dim in zip(axes, shape):
-    mesh_axis = rules.get(name) if name is not None else None
-    if mesh_axis is not None and (mesh_axis in used or dim % mesh.shape[mesh_axis]):
-      mesh_axis = None
-    if mesh_axis is not None and mesh.shape[mesh_axis] == 1:
-      mesh_axis = None  # size-1 axis: plainly replicated, keeps specs readable
-    used.add(mesh_axis)
-    spec.append(mesh_axis)
-  return P(*spec)
+def fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+  """`spec` with the mesh axes that do not divide their dimension (or have size 1) dropped: such a
+  dimension stays whole instead of failing to shard."""
+  fitted = []
+  for axis, dim in zip(tuple(spec) + (None,) * (len(shape) - len(spec)), shape):
+    size = math.prod(mesh.shape[a] for a in (axis if isinstance(axis, tuple) else (axis,))
+                     if a is not None)
+    fitted.append(axis if axis is not None and size > 1 and dim % size == 0 else None)
+  return P(*fitted)
 
 
-def _is_var(x: Any) -> bool:
-  return isinstance(x, nnx.Variable)
+def variable_shardings(variables: nnx.State, mesh: Mesh, rules: Rules, pure: bool = True) -> Any:
+  """NamedShardings of an nnx State's variables from their `out_sharding` names and `rules`: a
+  nested plain dict (for `nnx.to_pure_dict` trees), or with `pure=False` a tree of the State's
+  own structure (for the jit in/out shardings of a State)."""
+  rules = tuple((str(k), v) for k, v in rules)
 
+  def place(v: nnx.Variable) -> NamedSharding:
+    with nnx.logical_axis_rules(rules):
+      spec = nnx.get_partition_spec(v).get_value()
+    unknown = [a for a in jax.tree.leaves(tuple(spec)) if a not in mesh.axis_names]
+    if unknown:
+      raise ValueError(f'sharding rules {rules} leave logical axis {unknown[0]!r} without a mesh '
+                       f'axis (mesh axes {mesh.axis_names}); map it to one of them or to None')
+    return NamedSharding(mesh, fit_spec(spec, np.shape(v.get_value()), mesh))
 
-def variable_sharding(v: nnx.Variable, mesh: Mesh) -> NamedSharding:
-  """Where one nnx Variable lives, read from its `logical_axes` metadata (none = replicated)."""
-  axes = v.get_metadata().get('logical_axes')
-  return NamedSharding(mesh, logical_to_spec(axes, np.shape(v.get_value()), mesh))
-
-
-def variable_shardings(variables: nnx.State, mesh: Mesh, pure: bool = True) -> Any:
-  """NamedShardings for an nnx State: a plain nested dict (for `nnx.to_pure_dict` trees), or with
-  `pure=False` a State-shaped tree (a prefix of the State itself, for jit in/out shardings)."""
-  tree = jax.tree.map(lambda v: variable_sharding(v, mesh), variables, is_leaf=_is_var)
+  tree = jax.tree.map(place, variables, is_leaf=lambda x: isinstance(x, nnx.Variable))
   return _to_pure(tree) if pure else tree
 
 
@@ -113,14 +101,17 @@ def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state: An
                                is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
-def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-  """Leading (batch) dimension split over data × fsdp, the rest whole."""
-  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh, ndim: int, leading: int = 0) -> NamedSharding:
+  """The batch dimension (after `leading` unsplit ones, e.g. micro-batches) split over
+  data × fsdp, the rest whole."""
+  return NamedSharding(mesh, P(*([None] * leading), BATCH_AXES, *([None] * (ndim - leading - 1))))
 
 
-def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh, leading: int = 0
+                 ) -> dict[str, jax.Array]:
   """This host's rows → one global jax.Array per key (rows of process p follow those of p-1)."""
-  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
+  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v), leading),
+                                                    np.asarray(v))
           for k, v in local_batch.items()}
 
 

@@ -1,14 +1,19 @@
 """Stage 2, part 2: attention-fusion heads over two frozen fine-tuned encoders, temporal smoothing,
 and the evaluation report.
 
-`train_and_evaluate(config, workdir)` reads top to bottom: data → the two fine-tuned encoders (best
-checkpoints of their fine-tuning workdirs) → token features of every frame (cached in memory, or
-computed on the fly from augmented batches) → one fusion head per key generator → validation
-probabilities → smoothing windows swept on validation → report (tables, plots, test submission).
+What is this program's own: the model (`models.fusion.FusionModel`: both encoders from the best
+checkpoints of their fine-tuning workdirs, frozen, and one head per key generator, all trained
+together by one jitted step), the token features (computed once and kept in memory on every host
+with `cache_features`, or from augmented paired views in the step), and the outputs: validation
+probabilities of every head, smoothing windows swept on validation, the report (tables, plots,
+per-frame predictions) and the test submission, written by process 0 only. Steps, loop,
+checkpoints (the heads' parameters, optimizer state, step, RNG and data position) and logging
+are `mae_face_jax.loop`'s.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,151 +21,145 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
-from mae_face_jax import (checkpointing, classification, labeled_data, metrics, observe, optim,
-                          report, smoothing)
+from mae_face_jax import (checkpointing, classification, inputs, loop, observe, report, sharding,
+                          smoothing)
+from mae_face_jax import train_state as ts
 from mae_face_jax.images import normalize
-from mae_face_jax.models.build import build_vit
-from mae_face_jax.models.fusion import FusionHead, frozen_view_tokens
-from input_pipeline import abaw, datasets
+from mae_face_jax.models.build import build_model
+from mae_face_jax.models.fusion import FusionModel
+from input_pipeline import abaw
 
-Features = dict[str, np.ndarray]  # face, region: (N, tokens, D); label, frame: (N,); video: names
-
-
-def load_encoder(config: Any, finetune_workdir: str) -> nnx.Module:
-  """A fine-tuned ViT from the best checkpoint of a fine-tuning workdir, in eval mode."""
-  model = build_vit(config.model, nnx.Rngs(0))
-  checkpointing.restore_params(os.path.join(finetune_workdir, 'best'), model)
-  model.eval()
-  return model
+Features = dict[str, np.ndarray]  # main, aux: (N, tokens, D) float16; label, frame: (N,); video
 
 
-def make_encode(face_encoder: nnx.Module, region_encoder: nnx.Module, aux_blocks: int | None
-                ) -> Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
-  """Patch tokens of both views; the auxiliary view's from its first `aux_blocks` blocks."""
-  @nnx.jit
-  def encode(face_enc, region_enc, face, region):
-    return (frozen_view_tokens(face_enc, normalize(face)),
-            frozen_view_tokens(region_enc, normalize(region), aux_blocks))
-  return lambda face, region: encode(face_encoder, region_encoder, face, region)
+def encoder_overrides(config: Any) -> dict[str, np.ndarray]:
+  """The frozen encoders' weights (best/ of each fine-tuning workdir) and, with
+  `fusion.start_from_main_view`, each head's start as the face classifier: its pooling norm and
+  linear head copied from the face encoder, both attention output projections zeroed, so the skip
+  connections pass the face tokens through and the untrained head computes the face classifier."""
+  abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build_model(config)), nnx.Param))
+  flat = {}
+  for prefix, workdir in (('face_encoder', config.face_workdir),
+                          ('region_encoder', config.region_workdir)):
+    path = os.path.join(workdir, 'best')
+    params = checkpointing.read_numpy(path)
+    checkpointing.check_compatible(params, abstract[prefix], path)
+    flat |= {f'{prefix}.{k}': v for k, v in ts.flatten(params).items()}
+  if config.fusion.start_from_main_view:
+    for name, shape in ((k, v.shape) for k, v in ts.flatten(abstract['heads']).items()):
+      method, part = name.split('.', 1)
+      if part.startswith(('fc_norm.', 'head.')):
+        flat[f'heads.{name}'] = flat[f'face_encoder.{part}']
+      elif part.startswith(('self_attn.proj.', 'local_attn.proj.')):
+        flat[f'heads.{name}'] = np.zeros(shape, np.float32)
+  return flat
 
 
-def paired_eval(config: Any, source: abaw.FrameSource) -> Iterator[dict[str, np.ndarray]]:
-  d = config.data
-  return iter(datasets.paired_dataset(
-      source, batch_size=config.eval_batch_size, image_size=config.model.img_size,
-      variant=config.region_view, train=False, region_fill=d.region_fill,
-      region_margin=d.region_margin, crop_pct=d.crop_pct, num_threads=d.num_threads))
+def make_tokens(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh) -> Callable:
+  def tokens(params, fixed, face, region):
+    model = ts.merge_model(graphdef, params, fixed, None)
+    main, aux = model.tokens(normalize(face), normalize(region))
+    return main.astype(jnp.float16), aux.astype(jnp.float16)
+  out = sharding.batch_sharding(mesh, 3)
+  return jax.jit(tokens, out_shardings=(out, out))
 
 
-def extract_features(encode: Callable, config: Any, source: abaw.FrameSource) -> Features:
-  """Tokens of every frame of `source` (deterministic resize/centre crop), in source order."""
-  cols: dict[str, list[np.ndarray]] = {k: [] for k in ('face', 'region', 'label', 'video', 'frame')}
-  for batch in paired_eval(config, source):
-    keep = batch['mask'] > 0
-    face, region = encode(jnp.asarray(batch['image']), jnp.asarray(batch['region_image']))
-    cols['face'].append(np.asarray(face, np.float16)[keep])
-    cols['region'].append(np.asarray(region, np.float16)[keep])
+def extract_features(tokens: Callable, state: ts.State, fixed: nnx.State, config: Any,
+                     source: abaw.FrameSource, mesh: jax.sharding.Mesh) -> Features:
+  """Tokens of every frame of `source` (deterministic resize/centre crop), in source order (video,
+  frame), gathered onto every host."""
+  cols: dict[str, list[np.ndarray]] = {k: [] for k in ('main', 'aux', 'label', 'video', 'frame')}
+  for batch in inputs.eval_batches(config, source, config.region_view, paired=True):
+    images = sharding.global_batch({k: batch[k] for k in ('image', 'region_image')}, mesh)
+    main, aux = tokens(state['params'], fixed, images['image'], images['region_image'])
+    rows = multihost_utils.process_allgather(
+        {k: batch[k] for k in ('label', 'video', 'frame', 'mask')}, tiled=True)
+    keep = rows['mask'] > 0
+    cols['main'].append(multihost_utils.process_allgather(main)[keep])
+    cols['aux'].append(multihost_utils.process_allgather(aux)[keep])
     for k in ('label', 'video', 'frame'):
-      cols[k].append(batch[k][keep])
+      cols[k].append(rows[k][keep])
   out = {k: np.concatenate(v) for k, v in cols.items()}
+  order = np.lexsort((out['frame'], out['video']))
+  out = {k: v[order] for k, v in out.items()}
   out['video'] = np.array([source.videos[i] for i in out['video']])
   return out
 
 
-def cached_batches(features: Features, batch_size: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
-  """Endless shuffled batches of cached tokens (epoch after epoch, reshuffled each time)."""
-  rng = np.random.default_rng(seed)
-  n = len(features['label'])
-  while True:
-    order = rng.permutation(n)
-    for i in range(0, n - batch_size + 1, batch_size):
-      idx = np.sort(order[i:i + batch_size])
-      yield {'face': features['face'][idx], 'region': features['region'][idx],
-             'label': features['label'][idx]}
+class FeatureBatches:
+  """Endless shuffled batches of cached tokens, reshuffled each epoch. Every host holds all rows
+  and takes its slice of each global batch, so the batches do not depend on the number of hosts;
+  checkpointable (`get_state`/`set_state`, as Grain's iterators)."""
+
+  def __init__(self, features: Features, global_batch: int, seed: int):
+    self.features, self.global_batch, self.seed = features, global_batch, seed
+    self.local = inputs.local_batch_size(global_batch)
+    self.epoch, self.batch = 0, 0
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    n = len(self.features['label'])
+    if (self.batch + 1) * self.global_batch > n:
+      self.epoch, self.batch = self.epoch + 1, 0
+    order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
+    start = self.batch * self.global_batch + jax.process_index() * self.local
+    rows = np.sort(order[start:start + self.local])
+    self.batch += 1
+    return {k: self.features[k][rows] for k in ('main', 'aux', 'label')}
+
+  def get_state(self) -> bytes:
+    return json.dumps({'epoch': self.epoch, 'batch': self.batch}).encode()
+
+  def set_state(self, state: bytes) -> None:
+    state = json.loads(state)
+    self.epoch, self.batch = state['epoch'], state['batch']
+
+  def start_prefetch(self) -> None:  # Grain's checkpoint handler calls it after set_state
+    pass
 
 
-def augmented_batches(encode: Callable, config: Any, source: abaw.FrameSource
-                      ) -> Iterator[dict[str, np.ndarray]]:
-  """Tokens computed on the fly from augmented paired views (same crop/flip on both)."""
-  d = config.data
-  it = iter(datasets.paired_dataset(
-      source, batch_size=config.batch_size, image_size=config.model.img_size,
-      variant=config.region_view, train=True, seed=config.seed, region_fill=d.region_fill,
-      region_margin=d.region_margin, scale=tuple(d.scale), num_threads=d.num_threads))
-  for batch in it:
-    face, region = encode(jnp.asarray(batch['image']), jnp.asarray(batch['region_image']))
-    yield {'face': face, 'region': region, 'label': batch['label']}
-
-
-def start_from_main_view(head: FusionHead, main_encoder: nnx.Module) -> None:
-  """Makes an untrained head compute exactly the main view's fine-tuned classifier: its pooling
-  norm and linear head copied from the encoder, both attention blocks' output projections zeroed
-  (their skip connections then pass the main tokens through). Training starts from the better of
-  the two views' classifiers instead of from a random one."""
-  if not main_encoder.global_pool or main_encoder.head is None:
-    raise ValueError('start_from_main_view needs a global_pool encoder with a classification head')
-  nnx.update(head.fc_norm, nnx.state(main_encoder.fc_norm, nnx.Param))
-  nnx.update(head.head, nnx.state(main_encoder.head, nnx.Param))
-  for attn in (head.self_attn, head.local_attn):
-    attn.proj.kernel[...] = jnp.zeros_like(attn.proj.kernel[...])
-    attn.proj.bias[...] = jnp.zeros_like(attn.proj.bias[...])
-
-
-def train_head(config: Any, method: str, batches: Iterator[dict[str, Any]], class_weights: np.ndarray,
-               num_steps: int, main_encoder: nnx.Module | None = None) -> FusionHead:
-  """One fusion head trained with the fine-tuning losses (smoothed, class-weighted CE) and AdamW;
-  it starts as `main_encoder`'s classifier when one is given (`start_from_main_view`)."""
-  grid = (config.model.img_size // config.model.patch_size,) * 2
-  head = FusionHead(dim=config.model.embed_dim, grid_size=grid, num_classes=config.model.num_classes,
-                    key_generator=method, num_heads=config.fusion.num_heads,
-                    local_window=config.fusion.local_window, updown_ratio=config.fusion.updown_ratio,
-                    rngs=nnx.Rngs(config.seed))
-  if main_encoder is not None:
-    start_from_main_view(head, main_encoder)
-  graphdef, params, rest = nnx.split(head, nnx.Param, ...)
-  params = nnx.to_pure_dict(params)
-  tx, schedule = optim.make_optimizer(config, params, num_steps,
-                                      warmup_updates=int(config.warmup_fraction * num_steps))
-  opt_state = tx.init(params)
+def fusion_loss_fn(config: Any, class_weights: np.ndarray) -> loop.LossFn:
+  """The fine-tuning loss (smoothed, class-weighted cross entropy) of every head, summed: each
+  head's gradient is its own. Tokens come cached in the batch or from the images."""
   weights = jnp.asarray(class_weights)
 
-  @jax.jit
-  def step(params, opt_state, face, region, labels):
-    targets = classification.soft_targets(labels, config.model.num_classes, config.label_smoothing)
-
-    def loss_fn(p):
-      logits = nnx.merge(graphdef, p, rest)(face, region)
-      return classification.weighted_cross_entropy(logits, targets, weights)
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  progress = observe.Progress(num_steps, config.batch_size)
-  losses = []
-  for i in range(num_steps):
-    batch = next(batches)
-    params, opt_state, loss = step(params, opt_state, jnp.asarray(batch['face'], jnp.float32),
-                                   jnp.asarray(batch['region'], jnp.float32),
-                                   jnp.asarray(batch['label']))
-    losses.append(loss)
-    if (i + 1) % config.log_every == 0 or i + 1 == num_steps:
-      progress.update(i + 1, {'loss': float(np.mean(jax.device_get(losses))),
-                              'lr': float(schedule(i))})
-      losses = []
-  return nnx.merge(graphdef, params, rest)
+  def loss_fn(model, batch, example_keys):
+    del example_keys
+    if 'main' in batch:
+      main, aux = batch['main'].astype(jnp.float32), batch['aux'].astype(jnp.float32)
+    else:
+      main, aux = model.tokens(normalize(batch['image']), normalize(batch['region_image']))
+    targets = classification.soft_targets(batch['label'], config.model.num_classes,
+                                          config.label_smoothing)
+    weight = jnp.sum(targets * weights)
+    losses = {m: classification.weighted_cross_entropy(logits, targets, weights)
+              for m, logits in model(main, aux).items()}
+    return sum(losses.values()) * weight, weight, {f'loss_{m}': v for m, v in losses.items()}
+  return loss_fn
 
 
-def predict_head(head: FusionHead, features: Features, batch_size: int) -> np.ndarray:
-  apply = nnx.jit(lambda h, f, r: jax.nn.softmax(h(f, r)))
-  out = [np.asarray(apply(head, jnp.asarray(features['face'][i:i + batch_size], jnp.float32),
-                          jnp.asarray(features['region'][i:i + batch_size], jnp.float32)))
-         for i in range(0, len(features['label']), batch_size)]
-  return np.concatenate(out)
+def predict(graphdef: nnx.GraphDef, state: ts.State, fixed: nnx.State, features: Features,
+            batch_size: int, mesh: jax.sharding.Mesh) -> dict[str, np.ndarray]:
+  """Every head's probabilities for every row of `features` (held by every host)."""
+  apply = jax.jit(lambda p, f, main, aux: jax.tree.map(
+      jax.nn.softmax, ts.merge_model(graphdef, p, f, None)(main.astype(jnp.float32),
+                                                          aux.astype(jnp.float32))),
+      out_shardings=sharding.replicated(mesh))
+  n, local = len(features['label']), inputs.local_batch_size(batch_size)
+  out: dict[str, list[np.ndarray]] = {}
+  for start in range(0, n, batch_size):
+    rows = np.arange(start, start + batch_size)[jax.process_index() * local:][:local]
+    rows = np.minimum(rows, n - 1)  # the last batch repeats the last row; dropped below
+    batch = sharding.global_batch({k: features[k][rows] for k in ('main', 'aux')}, mesh)
+    for m, p in apply(state['params'], fixed, batch['main'], batch['aux']).items():
+      out.setdefault(m, []).append(np.asarray(p)[:n - start])
+  return {m: np.concatenate(v) for m, v in out.items()}
 
 
 def single_view_probs(finetune_workdir: str, val: Features) -> np.ndarray:
@@ -174,101 +173,52 @@ def single_view_probs(finetune_workdir: str, val: Features) -> np.ndarray:
   return table['probs'][rows]
 
 
-def sweep_windows(probs: np.ndarray, val: Features, windows: list[int]) -> dict[int, float]:
-  return {w: metrics.macro_f1(val['label'], smoothing.sliding_window_smooth(
-      probs, val['video'], val['frame'], w).argmax(-1)) for w in windows}
-
-
-def write_report(workdir: str, val: Features, probs: dict[str, np.ndarray],
-                 windows: list[int], num_timelines: int
-                 ) -> tuple[dict[str, Any], dict[str, dict[int, float]]]:
-  """Results table (each method raw and smoothed with its best window) and plots, the confusion
-  matrix and timelines of the best method; returns the results and the F1-vs-window curves."""
-  os.makedirs(workdir, exist_ok=True)
-  results, curves, best = {}, {}, (-1.0, '', 1)
-  for name, p in probs.items():
-    curves[name] = sweep_windows(p, val, windows)
-    window = max(curves[name], key=curves[name].get)
-    smoothed = smoothing.sliding_window_smooth(p, val['video'], val['frame'], window)
-    results[name] = metrics.summary(val['label'], p)
-    results[f'{name} + smoothing (w={window})'] = metrics.summary(val['label'], smoothed)
-    if curves[name][window] > best[0]:
-      best = (curves[name][window], name, window)
-  results['chance (uniform random predictions)'] = metrics.uniform_chance(val['label'])
-  report.write_results_table(workdir, results)
-  _, name, window = best
-  smoothed = smoothing.sliding_window_smooth(probs[name], val['video'], val['frame'], window)
-  report.plot_confusion(os.path.join(workdir, 'confusion_matrix.png'), val['label'],
-                        smoothed.argmax(-1), f'{name}, smoothed (w={window})')
-  report.plot_per_class_f1(os.path.join(workdir, 'per_class_f1.png'), results)
-  report.plot_f1_vs_window(os.path.join(workdir, 'f1_vs_window.png'), curves)
-  os.makedirs(os.path.join(workdir, 'timelines'), exist_ok=True)
-  for video in list(dict.fromkeys(val['video']))[:num_timelines]:
-    rows = val['video'] == video
-    report.plot_timeline(os.path.join(workdir, 'timelines', f'{video}.png'), video,
-                         val['frame'][rows], val['label'][rows], probs[name][rows].argmax(-1),
-                         smoothed[rows].argmax(-1))
-  for method, p in probs.items():  # the raw probabilities behind every row of the table
-    report.write_predictions(os.path.join(workdir, f'predictions_val_{method.replace(" ", "_")}.csv'),
-                             val['video'], val['frame'], val['label'], p)
-  logging.info('best: %s smoothed with window %d (macro F1 %.4f)', name, window, best[0])
-  return results, curves
-
-
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
-  """Trains the fusion heads and writes the report into `workdir/report`; returns the results."""
+  """Trains the fusion heads in `workdir` (resuming there); process 0 writes the report into
+  `workdir/report` and returns the results table (other processes return {})."""
   workdir = os.path.abspath(workdir)
-  root = labeled_data.dataset_root(config.data, workdir)
-  train_source = abaw.load_split(root, config.data.train_split)
-  val_source = abaw.load_split(root, config.data.val_split)
-  counts = labeled_data.class_counts(train_source, config.model.num_classes)
-  weights = classification.class_weights(config.class_weights, counts)
-
-  # Frozen encoders and their token features.
-  face_encoder = load_encoder(config, config.face_workdir)
-  region_encoder = load_encoder(config, config.region_workdir)
-  aux_blocks = config.aux_blocks if config.aux_blocks > 0 else None
-  encode = make_encode(face_encoder, region_encoder, aux_blocks)
-  logging.info('extracting token features of %d validation frames', len(val_source))
-  val = extract_features(encode, config, val_source)
-  train = None
+  mesh = loop.start(config)
+  root, train_source, val_source, weights = inputs.labelled_splits(config, workdir)
+  run = loop.setup(config, mesh, lambda: build_model(config), len(train_source),
+                   overrides=encoder_overrides(config), trained=FusionModel.TRAINED)
+  graphdef, fixed = run.placed.graphdef, run.placed.fixed
+  tokens = make_tokens(graphdef, mesh)
+  features = lambda source: extract_features(tokens, run.placed.state, fixed, config, source, mesh)
+  logging.info('token features of %d validation frames', len(val_source))
+  val = features(val_source)
   if config.cache_features:
-    logging.info('extracting token features of %d training frames', len(train_source))
-    train = extract_features(encode, config, train_source)
-  num_steps = config.total_steps if config.total_steps > 0 else int(
-      config.num_epochs * len(train_source) // config.batch_size)
+    logging.info('token features of %d training frames, kept in memory', len(train_source))
+    data_iter, batch_ndims = (FeatureBatches(features(train_source), config.batch_size, config.seed),
+                              {'main': 3, 'aux': 3, 'label': 1})
+  else:
+    data_iter, batch_ndims = (inputs.paired_iterator(config, train_source),
+                              {'image': 4, 'region_image': 4, 'label': 1})
+  run = loop.resume(run, workdir, data_iter)
+  train_step = loop.train_step_for(run, fusion_loss_fn(config, weights), batch_ndims)
+  state = loop.train(run, train_step, observe.SummaryWriter(os.path.join(workdir, 'tensorboard')))
 
-  # One head per key generator.
   probs = {'face only': single_view_probs(config.face_workdir, val),
            f'{config.region_view} only': single_view_probs(config.region_workdir, val)}
-  heads = {}
-  for method in config.fusion.methods:
-    logging.info('training the fusion head with key generator %s for %d steps', method, num_steps)
-    batches = (cached_batches(train, config.batch_size, config.seed) if train is not None
-               else augmented_batches(encode, config, train_source))
-    heads[method] = train_head(config, method, batches, weights, num_steps,
-                               face_encoder if config.fusion.get('start_from_main_view') else None)
-    checkpointing.save_params(os.path.join(workdir, 'heads', method), heads[method])
-    probs[f'fusion {method}'] = predict_head(heads[method], val, config.eval_batch_size)
-    logging.info('fusion %s: validation macro F1 %.4f', method,
-                 metrics.macro_f1(val['label'], probs[f'fusion {method}'].argmax(-1)))
-
-  # Smoothing sweep, report, and the test submission of the best fused method.
-  report_dir = os.path.join(workdir, 'report')
-  fused = [k for k in probs if k.startswith('fusion')]
-  results, curves = write_report(report_dir, val, probs, list(config.windows),
-                                 config.num_timelines)
-  best_fused = max(fused, key=lambda k: max(curves[k].values()))
-  fused_window = max(curves[best_fused], key=curves[best_fused].get)
+  fused = predict(graphdef, state, fixed, val, config.eval_batch_size, mesh)
+  probs |= {f'fusion {m}': p for m, p in fused.items()}
   test_list = os.path.join(root, abaw.TEST_LIST)
+  test = test_probs = None
   if os.path.exists(test_list):
-    test_source = abaw.load_test_set(root)
-    test = extract_features(encode, config, test_source)
-    test_probs = smoothing.sliding_window_smooth(
-        predict_head(heads[best_fused.removeprefix('fusion ')], test, config.eval_batch_size),
-        test['video'], test['frame'], fused_window)
+    test = features(abaw.load_test_set(root))
+    test_probs = predict(graphdef, state, fixed, test, config.eval_batch_size, mesh)
+  if not observe.is_chief():
+    return {}
+
+  report_dir = os.path.join(workdir, 'report')
+  results, curves = report.write_report(report_dir, val, probs, list(config.windows),
+                                        config.num_timelines)
+  best = max(fused, key=lambda m: max(curves[f'fusion {m}'].values()))
+  if test is not None:  # the best fused method, smoothed with its best validation window
+    curve = curves[f'fusion {best}']
+    smoothed = smoothing.sliding_window_smooth(test_probs[best], test['video'], test['frame'],
+                                               max(curve, key=curve.get))
     report.write_submission(os.path.join(report_dir, 'submission_expr.txt'), test['video'],
-                            test['frame'], test_probs.argmax(-1))
+                            test['frame'], smoothed.argmax(-1))
   print(open(os.path.join(report_dir, 'results.md')).read())
   print(f'report written to {report_dir}')
   return results

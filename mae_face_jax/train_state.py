@@ -1,16 +1,17 @@
 """The train state every program shares: a plain dict of arrays that is also what a checkpoint holds.
 
-  step       int32, batches consumed
-  params     the model's trainable parameters (nested dict, as `nnx.to_pure_dict`)
+  step       int32, optimizer updates done
+  params     the model's trained parameters (nested dict, as `nnx.to_pure_dict`)
   opt_state  optax state, sharded like the parameters it mirrors
-  rng        uint32 key data; step s draws its randomness from fold_in(rng, s)
-Fixed variables (position tables of the MAE, drop path's RNG slots) live beside it in `fixed`.
+  rng        uint32 key data; update s draws its randomness from fold_in(rng, s)
+The model's other variables (position tables, drop path's RNG slots, frozen encoders) live beside it
+in `fixed`, not checkpointed: a program rebuilds them the same way on every start.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ import numpy as np
 import optax
 from absl import logging
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from mae_face_jax import sharding
 
@@ -26,13 +27,26 @@ State = dict[str, Any]
 Builder = Callable[[], nnx.Module]
 
 
-def abstract_model(build: Builder) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-  """Graph, parameter and fixed-variable shapes (with their metadata), without allocating."""
-  return nnx.split(nnx.eval_shape(build), nnx.Param, ...)
+class Placed(NamedTuple):
+  """A model's train state and fixed variables on the mesh, with their shardings."""
+  graphdef: nnx.GraphDef
+  state: State
+  shardings: Any        # like `state`
+  fixed: nnx.State
+  fixed_shardings: Any  # like `fixed`
+  trained: Any          # the filter that tells trained variables (`params`) from fixed ones
+
+
+def abstract_model(build: Builder, trained: Any = nnx.Param
+                   ) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+  """Graph, trained and fixed variable shapes (with their metadata), without allocating."""
+  return nnx.split(nnx.eval_shape(build), trained, ...)
 
 
 def flatten(tree: Any) -> dict[str, Any]:
-  """Nested tree → {'blocks.0.attn.qkv.kernel': leaf}."""
+  """Nested tree (or nnx State) → {'blocks.0.attn.qkv.kernel': leaf}."""
+  if isinstance(tree, nnx.State):
+    tree = nnx.to_pure_dict(tree)
   return {jax.tree_util.keystr(path, simple=True, separator='.'): leaf
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
@@ -62,16 +76,14 @@ def select_pretrained(params: Any, pretrained: Mapping[str, np.ndarray], source:
   return chosen
 
 
-def create_train_state(build: Builder, seed: int, mesh: Mesh, tx: optax.GradientTransformation,
-                       pretrained: Mapping[str, np.ndarray] | None = None,
-                       pretrained_source: str = '') -> tuple[nnx.GraphDef, State, Any, nnx.State, Any]:
+def create_train_state(build: Builder, seed: int, mesh: Mesh, rules: sharding.Rules,
+                       tx: optax.GradientTransformation, overrides: Mapping[str, Any] | None = None,
+                       trained: Any = nnx.Param) -> Placed:
   """Initialises model and optimizer directly in their shardings (no full copy on any host),
-  then overwrites parameters found in `pretrained` (flat names), if given.
-
-  Returns (graphdef, state, state shardings, fixed variables, fixed shardings).
-  """
-  graphdef, params, fixed = abstract_model(build)
-  param_shardings = sharding.variable_shardings(params, mesh)
+  then overwrites the variables named in `overrides` (flat names of params or fixed variables,
+  e.g. pretrained weights), which must have their shapes."""
+  graphdef, params, fixed = abstract_model(build, trained)
+  param_shardings = sharding.variable_shardings(params, mesh, rules)
   abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(params))
   replicated = sharding.replicated(mesh)
   state_shardings = {
@@ -80,41 +92,40 @@ def create_train_state(build: Builder, seed: int, mesh: Mesh, tx: optax.Gradient
       'opt_state': sharding.opt_state_shardings(tx, abstract_opt, param_shardings, mesh),
       'rng': replicated,
   }
-  fixed_shardings = jax.tree.map(
-      lambda v: NamedSharding(mesh, sharding.logical_to_spec(
-          v.get_metadata().get('logical_axes'), np.shape(v.get_value()), mesh)),
-      fixed, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  fixed_shardings = sharding.variable_shardings(fixed, mesh, rules, pure=False)
 
   def init() -> tuple[State, nnx.State]:
-    _, p, f = nnx.split(build(), nnx.Param, ...)
+    _, p, f = nnx.split(build(), trained, ...)
     p = nnx.to_pure_dict(p)
     rng = jax.random.key_data(jax.random.key(seed + 1))
     return {'step': jnp.zeros((), jnp.int32), 'params': p, 'opt_state': tx.init(p),
             'rng': rng}, f
 
   state, fixed = jax.jit(init, out_shardings=(state_shardings, fixed_shardings))()
-  if pretrained is not None:
-    chosen = select_pretrained(state['params'], pretrained, pretrained_source)
+  if overrides:
+    unknown = set(overrides) - set(flatten(state['params'])) - set(flatten(fixed))
+    if unknown:
+      raise ValueError(f'no variable named {sorted(unknown)[0]} in the model')
 
-    def fill(path, x, s):
-      value = chosen.get(jax.tree_util.keystr(path, simple=True, separator='.'))
+    def fill(path, x):
+      value = overrides.get(jax.tree_util.keystr(path, simple=True, separator='.'))
       if value is None:
         return x
-      return jax.make_array_from_callback(x.shape, s, lambda index: value[index])  # multi-host
-    state['params'] = jax.tree_util.tree_map_with_path(fill, state['params'], param_shardings)
-  return graphdef, state, state_shardings, fixed, fixed_shardings
-
-
-def step_key(state: State, *, num: int) -> list[jax.Array]:
-  """`num` keys for this step, from fold_in(rng, step): the same on resume."""
-  key = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
-  return list(jax.random.split(key, num))
+      value = np.asarray(value, x.dtype)
+      if value.shape != x.shape:
+        raise ValueError(f'{jax.tree_util.keystr(path)}: shape {value.shape}, expected {x.shape}')
+      return jax.make_array_from_callback(x.shape, x.sharding, lambda index: value[index])
+    state['params'] = jax.tree_util.tree_map_with_path(fill, state['params'])
+    nnx.replace_by_pure_dict(fixed, jax.tree_util.tree_map_with_path(fill, nnx.to_pure_dict(fixed)))
+  return Placed(graphdef, state, state_shardings, fixed, fixed_shardings, trained)
 
 
 def merge_model(graphdef: nnx.GraphDef, params: Any, fixed: nnx.State,
                 drop_key: jax.Array | None) -> nnx.Module:
   """The model with these parameters; drop path seeded by `drop_key`, or off when it is None."""
-  model = nnx.merge(graphdef, params, fixed)
+  # Fresh Variables of this trace level: reseeding mutates them, and `fixed` may come from an
+  # outer trace (the step's scan over micro-batches).
+  model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, fixed))
   if drop_key is None:
     model.eval()
   else:

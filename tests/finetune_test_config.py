@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from configs.finetune_common import finetune_config
+from configs.finetune import finetune_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -12,11 +12,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.rand_augment = (2, 9.0, 0.5)
   config.batch_size = 8
   config.eval_batch_size = 16
+  config.total_epochs, config.warmup_epochs, config.eval_epochs = None, None, None
   config.total_steps = 8
-  config.eval_every_steps = 4
-  config.warmup_epochs = 0.0
+  config.eval_steps = 4
   config.base_lr = 1e-2
-  config.log_every = 1
-  config.checkpoint_every = 2
+  config.log_steps = 1
+  config.checkpoint_steps = 2
   config.async_checkpoints = False
   return config

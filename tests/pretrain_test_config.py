@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from configs.pretrain_common import pretrain_config
+from configs.pretrain import pretrain_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -11,11 +11,12 @@ def get_config() -> ml_collections.ConfigDict:
                       decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
   config.data.source = 'synthetic'
   config.batch_size = 8
+  config.total_epochs, config.warmup_epochs = None, None
   config.total_steps = 3
   config.warmup_steps = 1
   config.base_lr = 1e-2  # big enough that 3 steps move the params visibly
-  config.log_every = 1
-  config.eval_every = 1000
-  config.checkpoint_every = 1000
+  config.log_steps = 1
+  config.eval_steps = None
+  config.checkpoint_steps = None
   config.mesh.data = -1
   return config

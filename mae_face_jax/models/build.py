@@ -1,4 +1,6 @@
-"""Builds models from a config's `model` field (a ConfigDict of sizes and dtypes)."""
+"""The one model builder: a config → the model its program trains (`build_model`), plus the ViT
+and MAE builders it uses. Every field of `config.model` must be an argument of the model: a field
+it does not take is an error naming it, not silently dropped."""
 
 from __future__ import annotations
 
@@ -9,15 +11,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mae_face_jax.models.fusion import FusionModel
 from mae_face_jax.models.mae import MaskedAutoencoder
 from mae_face_jax.models.vit import VisionTransformer
 
 
 def _kwargs(cls: type, model_cfg: Any, overrides: dict[str, Any]) -> dict[str, Any]:
-  """The config fields that `cls.__init__` takes, dtype names turned into dtypes."""
-  fields = dict(model_cfg) | overrides
+  """The config's fields as `cls.__init__` arguments, dtype names turned into dtypes."""
+  kwargs = dict(model_cfg) | overrides
   names = set(inspect.signature(cls.__init__).parameters) - {'self', 'rngs'}
-  kwargs = {k: v for k, v in fields.items() if k in names}
+  unknown = sorted(set(kwargs) - names)
+  if unknown:
+    raise ValueError(f'config.model.{unknown[0]} is not an argument of {cls.__name__} '
+                     f'(it takes {", ".join(sorted(names))})')
   for k in ('dtype', 'param_dtype'):
     if isinstance(kwargs.get(k), str):
       kwargs[k] = jnp.dtype(kwargs[k])
@@ -39,3 +45,20 @@ def build_mae(model_cfg: Any, rngs: nnx.Rngs, **overrides: Any) -> MaskedAutoenc
 
 def build_vit(model_cfg: Any, rngs: nnx.Rngs, **overrides: Any) -> VisionTransformer:
   return VisionTransformer(**_kwargs(VisionTransformer, model_cfg, overrides), rngs=rngs)
+
+
+def build_model(config: Any, seed: int | None = None) -> nnx.Module:
+  """What `config.program` trains: the MAE (pretrain), the ViT classifier (finetune), or the two
+  frozen encoders with one fusion head per key generator (fusion)."""
+  rngs = nnx.Rngs(config.get('seed', 0) if seed is None else seed)
+  if config.program == 'pretrain':
+    return build_mae(config.model, rngs)
+  if config.program == 'finetune':
+    return build_vit(config.model, rngs)
+  if config.program == 'fusion':
+    aux_blocks = config.aux_blocks if config.aux_blocks > 0 else None
+    f = config.fusion
+    return FusionModel(build_vit(config.model, rngs), build_vit(config.model, rngs), aux_blocks,
+                       tuple(f.methods), num_heads=f.num_heads, local_window=f.local_window,
+                       updown_ratio=f.updown_ratio, rngs=rngs)
+  raise ValueError(f'config.program={config.program!r} trains no model (pretrain, finetune, fusion)')

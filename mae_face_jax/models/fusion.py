@@ -109,3 +109,29 @@ def frozen_view_tokens(encoder: nnx.Module, images: jax.Array,
                        num_blocks: int | None = None) -> jax.Array:
   """Patch tokens of a fine-tuned encoder that fusion training must not update."""
   return jax.lax.stop_gradient(encoder.forward_tokens(images, num_blocks)[:, 1:])
+
+
+class FusionModel(nnx.Module):
+  """The fusion stage's model: two fine-tuned view encoders (frozen: the trained variables are the
+  heads', `TRAINED`) and one fusion head per key generator, all trained together in one step."""
+
+  TRAINED = nnx.All(nnx.Param, nnx.PathContains('heads'))
+
+  def __init__(self, face_encoder: nnx.Module, region_encoder: nnx.Module,
+               aux_blocks: int | None, methods: tuple[str, ...], *, num_heads: int,
+               local_window: int, updown_ratio: float, rngs: nnx.Rngs):
+    self.face_encoder, self.region_encoder = face_encoder, region_encoder
+    self.aux_blocks = aux_blocks
+    self.heads = nnx.Dict({method: FusionHead(
+        dim=face_encoder.embed_dim, grid_size=face_encoder.patch_embed.grid_size,
+        num_classes=face_encoder.head.out_features, key_generator=method, num_heads=num_heads,
+        local_window=local_window, updown_ratio=updown_ratio, rngs=rngs) for method in methods})
+
+  def tokens(self, face: jax.Array, region: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Patch tokens of both (normalised) views; the auxiliary view's after `aux_blocks` blocks."""
+    return (frozen_view_tokens(self.face_encoder, face),
+            frozen_view_tokens(self.region_encoder, region, self.aux_blocks))
+
+  def __call__(self, main: jax.Array, aux: jax.Array) -> dict[str, jax.Array]:
+    """Logits of every head from the two views' tokens."""
+    return {method: head(main, aux) for method, head in self.heads.items()}

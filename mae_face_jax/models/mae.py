@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mae_face_jax import pos_embed as pe
-from mae_face_jax.models.vit import PatchEmbed, PosEmbed, layer_norm, linear, make_blocks
+from mae_face_jax.models.vit import PatchEmbed, PosEmbed, layer_norm, linear, make_blocks, sharded
 
 
 def patchify(imgs: jax.Array, patch_size: int) -> jax.Array:
@@ -89,28 +89,25 @@ class MaskedAutoencoder(nnx.Module):
     self.patch_size, self.in_chans = patch_size, in_chans
     self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
     normal = jax.nn.initializers.normal(0.02)
-    tok_axes = (None, None, 'embed')
 
     # Encoder.
     self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, **kw)
     grid = self.patch_embed.grid_size
-    self.cls_token = nnx.Param(normal(rngs.params(), (1, 1, embed_dim), param_dtype),
-                               logical_axes=tok_axes)
+    self.cls_token = nnx.Param(normal(rngs.params(), (1, 1, embed_dim), param_dtype))
     self.pos_embed = PosEmbed(
         jnp.asarray(pe.get_2d_sincos_pos_embed(embed_dim, grid, cls_token=True)[None], param_dtype),
-        logical_axes=tok_axes)
+        **sharded(None, None, 'embed'))
     self.blocks = make_blocks(embed_dim, depth, num_heads, mlp_ratio, drop_path_rate,
                               attention_impl=attention_impl, **kw)
     self.norm = layer_norm(embed_dim, **kw)
 
     # Decoder.
     self.decoder_embed = linear(embed_dim, decoder_embed_dim, ('embed', 'decoder_embed'), **kw)
-    self.mask_token = nnx.Param(normal(rngs.params(), (1, 1, decoder_embed_dim), param_dtype),
-                                logical_axes=(None, None, 'decoder_embed'))
+    self.mask_token = nnx.Param(normal(rngs.params(), (1, 1, decoder_embed_dim), param_dtype))
     self.decoder_pos_embed = PosEmbed(
         jnp.asarray(pe.get_2d_sincos_pos_embed(decoder_embed_dim, grid, cls_token=True)[None],
                     param_dtype),
-        logical_axes=(None, None, 'decoder_embed'))
+        **sharded(None, None, 'decoder_embed'))
     self.decoder_blocks = make_blocks(decoder_embed_dim, decoder_depth, decoder_num_heads,
                                       mlp_ratio, 0.0, attention_impl=attention_impl, **kw)
     self.decoder_norm = layer_norm(decoder_embed_dim, **kw)

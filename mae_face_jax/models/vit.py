@@ -1,8 +1,11 @@
 """ViT encoder in Flax NNX, named like timm's `VisionTransformer` so checkpoints convert mechanically.
 
 Pre-norm blocks, fused qkv with bias, exact GELU, LayerNorm eps 1e-6, drop path, attention through
-`jax.nn.dot_product_attention`. Parameters carry logical axis names (metadata `logical_axes`) that
-`mae_face_jax.sharding` maps to mesh axes with one rules table.
+`jax.nn.dot_product_attention`. Matrices carry Flax's standard sharding metadata, logical axis
+names in `out_sharding` (e.g. qkv kernel ('embed', 'heads')), which the config's rules map to mesh
+axes (`mae_face_jax.sharding`); biases, norm scales and tokens carry none and stay replicated.
+Variables are not sharded when created (`eager_sharding=False`): models build anywhere, with or
+without a mesh, and the programs place them with explicit shardings.
 """
 
 from __future__ import annotations
@@ -47,18 +50,20 @@ class TokenLinear(nnx.Linear):
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
+def sharded(*axes: str | None) -> dict[str, Any]:
+  """Variable metadata: logical axis names, placed later by the programs (not on creation)."""
+  return {'out_sharding': axes, 'eager_sharding': False}
+
+
 def linear(din: int, dout: int, axes: tuple[str | None, str | None], *, dtype: Any, param_dtype: Any,
            rngs: nnx.Rngs, kernel_init=xavier_uniform) -> nnx.Linear:
   """TokenLinear with MAE's init (xavier-uniform kernel, zero bias) and logical axis names."""
   return TokenLinear(din, dout, kernel_init=kernel_init, bias_init=zeros, dtype=dtype,
-                     param_dtype=param_dtype, rngs=rngs,
-                     kernel_metadata={'logical_axes': axes}, bias_metadata={'logical_axes': axes[1:]})
+                     param_dtype=param_dtype, rngs=rngs, kernel_metadata=sharded(*axes))
 
 
 def layer_norm(dim: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  return nnx.LayerNorm(dim, epsilon=LN_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                       scale_metadata={'logical_axes': ('norm',)},
-                       bias_metadata={'logical_axes': ('norm',)})
+  return nnx.LayerNorm(dim, epsilon=LN_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 class PatchEmbed(nnx.Module):
@@ -76,8 +81,7 @@ class PatchEmbed(nnx.Module):
         in_chans, embed_dim, (patch_size, patch_size), strides=(patch_size, patch_size),
         padding='VALID', kernel_init=jax.nn.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=3),
         bias_init=zeros, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-        kernel_metadata={'logical_axes': (None, None, None, 'embed')},
-        bias_metadata={'logical_axes': ('embed',)})
+        kernel_metadata=sharded(None, None, None, 'embed'))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = self.proj(x)  # (B, h, w, D) from NHWC images
@@ -153,12 +157,11 @@ class VisionTransformer(nnx.Module):
     self.global_pool = global_pool
     self.embed_dim = embed_dim
     self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, **kw)
-    self.cls_token = nnx.Param(jnp.zeros((1, 1, embed_dim), param_dtype),
-                               logical_axes=(None, None, 'embed'))
+    self.cls_token = nnx.Param(jnp.zeros((1, 1, embed_dim), param_dtype))
     # Fine-tuning trains the position table (MAE's models_vit); it starts as the sin-cos table.
     table = pe.get_2d_sincos_pos_embed(embed_dim, self.patch_embed.grid_size, cls_token=True)
     self.pos_embed = nnx.Param(jnp.asarray(table[None], param_dtype),
-                               logical_axes=(None, None, 'embed'))
+                               **sharded(None, None, 'embed'))
     self.blocks = make_blocks(embed_dim, depth, num_heads, mlp_ratio, drop_path_rate,
                               attention_impl=attention_impl, **kw)
     if global_pool:

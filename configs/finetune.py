@@ -1,20 +1,25 @@
-"""The fine-tuning recipe every configs/finetune_<view>.py starts from (MAE's fine-tuning values,
-ViT-B/16 at 224 px as MAE-Face; the demo overrides sizes and budgets)."""
+"""Stage 2: fine-tune the MAE-Face encoder on one view: `--config=configs/finetune.py:<view>[,<size>]`.
+
+Views: face (default), eyes, mouth, eyes_mouth, eyes_nose_mouth; size default base (ViT-B/16 at
+224 px, as MAE-Face). MAE's fine-tuning recipe; point `init` at the stage-1 weights.
+"""
 
 import ml_collections
 
-from configs.common import model_config
-from configs.pretrain_common import pretrain_config
+from configs.common import add_run_fields, vit_config
+
+VIEWS = ('face', 'eyes', 'mouth', 'eyes_mouth', 'eyes_nose_mouth')
 
 
-def finetune_config(view: str, size: str = 'base', img_size: int = 224) -> ml_collections.ConfigDict:
+def finetune_config(view: str = 'face', size: str = 'base', img_size: int = 224
+                    ) -> ml_collections.ConfigDict:
+  if view not in VIEWS:
+    raise ValueError(f'configs/finetune.py: view {view!r} is not one of {VIEWS}')
   config = ml_collections.ConfigDict()
   config.program = 'finetune'
-  config.view = view  # face | eyes | mouth | eyes_mouth | eyes_nose_mouth
-  config.seed = 0
-  config.model = model_config(size, img_size=img_size)
+  config.view = view
+  config.model = vit_config(size, img_size)
   config.model.num_classes = 8
-  config.model.global_pool = True   # mean of patch tokens + fc_norm, as MAE fine-tuning
   config.model.drop_path_rate = 0.1
 
   # Where the encoder comes from: one of these (the head is always new).
@@ -41,21 +46,17 @@ def finetune_config(view: str, size: str = 'base', img_size: int = 224) -> ml_co
       num_threads=2,
   ))
 
-  # MAE fine-tuning: lr = base_lr * batch / 256, layer decay 0.65 (Base), AdamW(0.9, 0.999), wd 0.05,
-  # warmup then cosine to min_lr, label smoothing 0.1. Mixup 0.8 / cutmix 1.0 are options here.
-  config.batch_size = 256
+  # MAE fine-tuning: base lr 5e-4, layer decay 0.65 (Base), AdamW(0.9, 0.999), weight decay 0.05,
+  # warmup then cosine to min_lr, label smoothing 0.1; mixup 0.8 / cutmix 1.0 are options here.
+  add_run_fields(config, betas=(0.9, 0.999))
   config.eval_batch_size = 256
-  config.grad_accum_steps = 1
-  config.num_epochs = 10.0
+  config.total_epochs = 10.0
   config.warmup_epochs = 1.0
-  config.total_steps = -1       # > 0 overrides num_epochs (counts batches)
-  config.warmup_steps = -1      # >= 0 overrides warmup_epochs
-  config.eval_every_steps = -1   # -1: every epoch
+  config.eval_epochs = 1.0
+  config.checkpoint_steps = 1000
   config.base_lr = 5e-4
   config.min_lr = 1e-6
   config.layer_decay = 0.65
-  config.optim = ml_collections.ConfigDict(dict(
-      b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, grad_clip_norm=0.0))
   config.label_smoothing = 0.1
   config.mixup_alpha = 0.0
   config.cutmix_alpha = 0.0
@@ -63,13 +64,9 @@ def finetune_config(view: str, size: str = 'base', img_size: int = 224) -> ml_co
   config.mix_switch_prob = 0.5
   # Aff-Wild2 is very imbalanced: none | inverse_frequency | sqrt_inverse_frequency | [8 numbers].
   config.class_weights = 'inverse_frequency'
-
-  # Devices, hosts, logging and checkpoints as in pretraining.
-  base = pretrain_config(size, img_size)
-  config.mesh = base.mesh
-  config.distributed = base.distributed
-  config.log_every = 50
-  config.checkpoint_every = 1000
-  config.keep_checkpoints = 2
-  config.async_checkpoints = True
   return config
+
+
+def get_config(arg: str = 'face') -> ml_collections.ConfigDict:
+  view, _, size = arg.partition(',')
+  return finetune_config(view, size or 'base')

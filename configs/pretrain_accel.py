@@ -1,0 +1,19 @@
+"""Stage 1 on GPUs and TPUs: `--config=configs/pretrain_accel.py:<size>` (default base).
+
+bfloat16 compute with float32 master weights and optimizer state, and the backend's fused
+attention where it has one ('auto': cuDNN on NVIDIA GPUs, XLA's attention on TPU).
+"""
+
+import ml_collections
+
+from configs.pretrain import get_config as pretrain_get_config
+
+
+def get_config(size: str = 'base') -> ml_collections.ConfigDict:
+  config = pretrain_get_config(size)
+  config.model.dtype = 'bfloat16'
+  config.model.param_dtype = 'float32'
+  config.model.attention_impl = 'auto'
+  config.data.num_workers = 8
+  config.data.num_threads = 16
+  return config
