@@ -127,8 +127,8 @@ class TorchMAE(nn.Module):
 
 def build_torch_mae(size: str = 'base', img_size: int = 224, **kwargs) -> TorchMAE:
   """The reference MAE of a named size, with the same dimensions as our configs."""
-  from configs.common import model_config
-  cfg = model_config(size, img_size)
+  from configs.common import mae_config
+  cfg = mae_config(size, img_size)
   fields = ('patch_size', 'embed_dim', 'depth', 'num_heads', 'decoder_embed_dim', 'decoder_depth',
             'decoder_num_heads')
   return TorchMAE(img_size=img_size, **{k: cfg[k] for k in fields}, **kwargs)

@@ -53,13 +53,16 @@ def make_mesh(mesh_config: Mapping[str, int], devices: list | None = None) -> Me
 
 
 def fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
-  """`spec` with the mesh axes that do not divide their dimension (or have size 1) dropped: such a
+  """`spec` with the mesh axes that do not divide their dimension, have size 1, or an earlier
+  dimension already uses (e.g. decoder_embed's ('embed', 'decoder_embed') kernel) dropped: such a
   dimension stays whole instead of failing to shard."""
-  fitted = []
-  for axis, dim in zip(tuple(spec) + (None,) * (len(shape) - len(spec)), shape):
-    size = math.prod(mesh.shape[a] for a in (axis if isinstance(axis, tuple) else (axis,))
-                     if a is not None)
-    fitted.append(axis if axis is not None and size > 1 and dim % size == 0 else None)
+  fitted, used = [], set()
+  for axis, dim in zip(spec, shape):
+    axes = tuple(a for a in (axis if isinstance(axis, tuple) else (axis,)) if a is not None)
+    size = math.prod(mesh.shape[a] for a in axes)
+    keep = axes and size > 1 and dim % size == 0 and not used & set(axes)
+    fitted.append(axis if keep else None)
+    used |= set(axes) if keep else set()
   return P(*fitted)
 
 
@@ -69,7 +72,9 @@ def variable_shardings(variables: nnx.State, mesh: Mesh, rules: Rules, pure: boo
   own structure (for the jit in/out shardings of a State)."""
   rules = tuple((str(k), v) for k, v in rules)
 
-  def place(v: nnx.Variable) -> NamedSharding:
+  def place(v: nnx.Variable | jax.Array) -> NamedSharding:
+    if not isinstance(v, nnx.Variable):  # a plain array attribute (e.g. an attention mask)
+      return replicated(mesh)
     with nnx.logical_axis_rules(rules):
       spec = nnx.get_partition_spec(v).get_value()
     unknown = [a for a in jax.tree.leaves(tuple(spec)) if a not in mesh.axis_names]

@@ -36,26 +36,35 @@ from input_pipeline import abaw
 Features = dict[str, np.ndarray]  # main, aux: (N, tokens, D) float16; label, frame: (N,); video
 
 
-def encoder_overrides(config: Any) -> dict[str, np.ndarray]:
-  """The frozen encoders' weights (best/ of each fine-tuning workdir) and, with
-  `fusion.start_from_main_view`, each head's start as the face classifier: its pooling norm and
-  linear head copied from the face encoder, both attention output projections zeroed, so the skip
-  connections pass the face tokens through and the untrained head computes the face classifier."""
-  abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build_model(config)), nnx.Param))
+def start_from_main_view(heads: dict, face_encoder: dict) -> dict[str, np.ndarray]:
+  """Flat values that make each untrained head (`heads`: its parameters' shapes) compute the face
+  classifier (`face_encoder`: its parameters): the pooling norm and linear head copied from it,
+  both attention output projections zeroed, so the skip connections pass the face tokens through.
+  Training then starts from the main view's classifier instead of a random one."""
+  face = ts.flatten(face_encoder)
   flat = {}
+  for name, value in ts.flatten(heads).items():
+    part = name.split('.', 1)[1]
+    if part.startswith(('fc_norm.', 'head.')):
+      flat[f'heads.{name}'] = face[part]
+    elif part.startswith(('self_attn.proj.', 'local_attn.proj.')):
+      flat[f'heads.{name}'] = np.zeros(value.shape, np.float32)
+  return flat
+
+
+def encoder_overrides(config: Any) -> dict[str, np.ndarray]:
+  """The frozen encoders' weights (best/ of each fine-tuning workdir, refused if of another
+  config) and, with `fusion.start_from_main_view`, the heads' start."""
+  abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build_model(config)), nnx.Param))
+  flat, loaded = {}, {}
   for prefix, workdir in (('face_encoder', config.face_workdir),
                           ('region_encoder', config.region_workdir)):
     path = os.path.join(workdir, 'best')
-    params = checkpointing.read_numpy(path)
-    checkpointing.check_compatible(params, abstract[prefix], path)
-    flat |= {f'{prefix}.{k}': v for k, v in ts.flatten(params).items()}
+    loaded[prefix] = checkpointing.read_numpy(path)
+    checkpointing.check_compatible(loaded[prefix], abstract[prefix], path)
+    flat |= {f'{prefix}.{k}': v for k, v in ts.flatten(loaded[prefix]).items()}
   if config.fusion.start_from_main_view:
-    for name, shape in ((k, v.shape) for k, v in ts.flatten(abstract['heads']).items()):
-      method, part = name.split('.', 1)
-      if part.startswith(('fc_norm.', 'head.')):
-        flat[f'heads.{name}'] = flat[f'face_encoder.{part}']
-      elif part.startswith(('self_attn.proj.', 'local_attn.proj.')):
-        flat[f'heads.{name}'] = np.zeros(shape, np.float32)
+    flat |= start_from_main_view(abstract['heads'], loaded['face_encoder'])
   return flat
 
 
@@ -79,8 +88,8 @@ def extract_features(tokens: Callable, state: ts.State, fixed: nnx.State, config
     rows = multihost_utils.process_allgather(
         {k: batch[k] for k in ('label', 'video', 'frame', 'mask')}, tiled=True)
     keep = rows['mask'] > 0
-    cols['main'].append(multihost_utils.process_allgather(main)[keep])
-    cols['aux'].append(multihost_utils.process_allgather(aux)[keep])
+    cols['main'].append(multihost_utils.process_allgather(main, tiled=True)[keep])
+    cols['aux'].append(multihost_utils.process_allgather(aux, tiled=True)[keep])
     for k in ('label', 'video', 'frame'):
       cols[k].append(rows[k][keep])
   out = {k: np.concatenate(v) for k, v in cols.items()}
@@ -91,12 +100,13 @@ def extract_features(tokens: Callable, state: ts.State, fixed: nnx.State, config
 
 
 class FeatureBatches:
-  """Endless shuffled batches of cached tokens, reshuffled each epoch. Every host holds all rows
-  and takes its slice of each global batch, so the batches do not depend on the number of hosts;
-  checkpointable (`get_state`/`set_state`, as Grain's iterators)."""
+  """Endless shuffled batches of cached tokens, reshuffled each epoch; an epoch ends where the
+  next step's `accum` batches would not fit, so k micro-batches see what one k-fold batch sees.
+  Every host holds all rows and takes its slice of each global batch, so the batches do not depend
+  on the number of hosts; checkpointable (`get_state`/`set_state`, as Grain's iterators)."""
 
-  def __init__(self, features: Features, global_batch: int, seed: int):
-    self.features, self.global_batch, self.seed = features, global_batch, seed
+  def __init__(self, features: Features, global_batch: int, seed: int, accum: int = 1):
+    self.features, self.global_batch, self.seed, self.accum = features, global_batch, seed, accum
     self.local = inputs.local_batch_size(global_batch)
     self.epoch, self.batch = 0, 0
 
@@ -105,7 +115,7 @@ class FeatureBatches:
 
   def __next__(self) -> dict[str, np.ndarray]:
     n = len(self.features['label'])
-    if (self.batch + 1) * self.global_batch > n:
+    if self.batch % self.accum == 0 and (self.batch + self.accum) * self.global_batch > n:
       self.epoch, self.batch = self.epoch + 1, 0
     order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
     start = self.batch * self.global_batch + jax.process_index() * self.local
@@ -188,8 +198,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   val = features(val_source)
   if config.cache_features:
     logging.info('token features of %d training frames, kept in memory', len(train_source))
-    data_iter, batch_ndims = (FeatureBatches(features(train_source), config.batch_size, config.seed),
-                              {'main': 3, 'aux': 3, 'label': 1})
+    data_iter = FeatureBatches(features(train_source), config.batch_size, config.seed,
+                               config.grad_accum_steps)
+    batch_ndims = {'main': 3, 'aux': 3, 'label': 1}
   else:
     data_iter, batch_ndims = (inputs.paired_iterator(config, train_source),
                               {'image': 4, 'region_image': 4, 'label': 1})
@@ -200,7 +211,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   probs = {'face only': single_view_probs(config.face_workdir, val),
            f'{config.region_view} only': single_view_probs(config.region_workdir, val)}
   fused = predict(graphdef, state, fixed, val, config.eval_batch_size, mesh)
-  probs |= {f'fusion {m}': p for m, p in fused.items()}
+  probs |= {f'fusion {m}': fused[m] for m in config.fusion.methods}
   test_list = os.path.join(root, abaw.TEST_LIST)
   test = test_probs = None
   if os.path.exists(test_list):

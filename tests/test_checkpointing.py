@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from mae_face_jax import checkpointing, optim, pretrain_data, sharding
-from mae_face_jax import train_pretrain as tp
+from mae_face_jax import checkpointing, inputs, optim, sharding
+from mae_face_jax.models.build import build_model
 from mae_face_jax import train_state as ts
 from tests import pretrain_runner as runner
 from tests.pretrain_test_config import get_config
@@ -19,11 +19,11 @@ from tests.pretrain_test_config import get_config
 
 def _state(config, mesh):
   from flax import nnx
-  build = lambda: tp.build_model(config)
+  build = lambda: build_model(config)
   _, params, _ = ts.abstract_model(build)
-  tx, _ = optim.make_optimizer(config, nnx.to_pure_dict(params), total_updates=10)
-  _, state, shardings, _, _ = ts.create_train_state(build, config.seed, mesh, tx)
-  return state, shardings
+  tx, _ = optim.make_optimizer(config, nnx.to_pure_dict(params), 10)
+  placed = ts.create_train_state(build, config.seed, mesh, config.mesh.rules, tx)
+  return placed.state, placed.shardings
 
 
 def _abstract(state, shardings):
@@ -35,15 +35,15 @@ def test_state_and_data_position_round_trip(tmp_path):
   config = get_config()
   mesh = sharding.make_mesh({'data': 2, 'fsdp': 4})
   state, shardings = _state(config, mesh)
-  it, _ = pretrain_data.pretrain_iterator(config, str(tmp_path))
+  it, _ = inputs.pretrain_iterator(config, str(tmp_path))
   for _ in range(3):
     next(it)
-  ckpt = checkpointing.TrainCheckpointer(str(tmp_path / 'ckpt'), save_every=1, keep=2)
+  ckpt = checkpointing.TrainCheckpointer(str(tmp_path / 'ckpt'), keep=2)
   ckpt.save(3, state, it)
   expected = [next(it)['image'] for _ in range(2)]  # read after the save: must not leak into it
   ckpt.wait()
 
-  fresh, _ = pretrain_data.pretrain_iterator(config, str(tmp_path))
+  fresh, _ = inputs.pretrain_iterator(config, str(tmp_path))
   restored = ckpt.restore(3, _abstract(state, shardings), fresh)
   ckpt.close()
   for want in expected:
@@ -58,8 +58,8 @@ def test_checkpoint_of_another_config_is_refused_by_name(tmp_path):
   config = get_config()
   mesh = sharding.make_mesh({'data': 1}, jax.devices()[:1])
   state, _ = _state(config, mesh)
-  it, _ = pretrain_data.pretrain_iterator(config, str(tmp_path))
-  ckpt = checkpointing.TrainCheckpointer(str(tmp_path / 'ckpt'), save_every=1, keep=1)
+  it, _ = inputs.pretrain_iterator(config, str(tmp_path))
+  ckpt = checkpointing.TrainCheckpointer(str(tmp_path / 'ckpt'), keep=1)
   ckpt.save(1, state, it)
   ckpt.wait()
 
@@ -95,7 +95,7 @@ runpy.run_path(os.path.join(os.environ['PYTHONPATH'], 'main.py'), run_name='__ma
 def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
   workdir = str(tmp_path / 'run')
   marker = str(tmp_path / 'writing_step_4')
-  overrides = {'total_steps': 8, 'checkpoint_every': 2}
+  overrides = {'total_steps': 8, 'checkpoint_steps': 2}
   os.environ['MARKER'] = marker
   try:
     proc = runner.start(workdir, overrides, script=_BLOCK_COMMIT_OF_STEP_4, small_pipe=False)

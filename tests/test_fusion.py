@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mae_face_jax.models.fusion import (KEY_GENERATORS, FusionHead, frozen_view_tokens,
-                                        local_attention_mask)
+from mae_face_jax.models.fusion import (KEY_GENERATORS, FusionHead, FusionModel,
+                                        frozen_view_tokens, local_attention_mask)
 from mae_face_jax.models.vit import VisionTransformer
 from tests.helpers import TINY_VIT, images, randomize_params
 
@@ -76,10 +76,19 @@ def test_head_started_from_the_main_view_is_its_classifier(method):
   """Before training, a head started from the face encoder gives the face encoder's own logits,
   whatever the auxiliary view shows (the attention residuals start at zero)."""
   from mae_face_jax.train_fusion import start_from_main_view
-  model = Fused(method, aux_blocks=None)
-  model.face = VisionTransformer(**TINY_VIT, num_classes=8, rngs=nnx.Rngs(0))
-  randomize_params(model.face)  # a trained-looking classifier, not the near-zero initial head
-  start_from_main_view(model.head, model.face)
-  face, region = jnp.asarray(images(3, 32, 0)), jnp.asarray(images(3, 32, 1))
-  np.testing.assert_allclose(model(face, region), model.face(face), atol=1e-5)
-  np.testing.assert_allclose(model(face, region[::-1]), model.face(face), atol=1e-5)
+  from mae_face_jax.train_state import flatten
+  face = VisionTransformer(**TINY_VIT, num_classes=8, rngs=nnx.Rngs(0))
+  randomize_params(face)  # a trained-looking classifier, not the near-zero initial head
+  model = FusionModel(face, VisionTransformer(**TINY_VIT, num_classes=8, rngs=nnx.Rngs(1)), None,
+                      (method,), num_heads=4, local_window=3, updown_ratio=4.0, rngs=nnx.Rngs(2))
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  start = start_from_main_view(params['heads'], params['face_encoder'])
+  assert start and all(name.startswith(f'heads.{method}.') for name in start)
+  flat = flatten(params) | start
+  nnx.replace_by_pure_dict(state := nnx.state(model, nnx.Param), jax.tree_util.tree_unflatten(
+      jax.tree_util.tree_structure(params), [flat[k] for k in flatten(params)]))
+  nnx.update(model, state)
+  face_img, region_img = jnp.asarray(images(3, 32, 0)), jnp.asarray(images(3, 32, 1))
+  for region in (region_img, region_img[::-1]):
+    logits = model(*model.tokens(face_img, region))[method]
+    np.testing.assert_allclose(logits, face(face_img), atol=1e-5)

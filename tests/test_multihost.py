@@ -10,21 +10,14 @@ import fcntl
 import os
 import re
 import signal
-import socket
 import subprocess
 
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mae_face_jax.train_state import flatten
-from mae_face_jax import train_pretrain
+from mae_face_jax import checkpointing
 from tests import pretrain_runner as runner
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def _losses(workdir):
@@ -33,25 +26,13 @@ def _losses(workdir):
   return [e.value for e in acc.Scalars('train/loss')]
 
 
-def _start_two(workdir, overrides, stderr=(subprocess.STDOUT, subprocess.STDOUT)):
-  port = _free_port()
-  procs = []
-  for pid in range(2):
-    dist = {'distributed.enabled': True, 'distributed.coordinator_address': f'127.0.0.1:{port}',
-            'distributed.num_processes': 2, 'distributed.process_id': pid}
-    procs.append(subprocess.Popen(
-        runner.command(workdir, overrides | dist), env=runner.env(2), cwd=runner.REPO,
-        stdout=subprocess.PIPE, stderr=stderr[pid], text=True))
-  return procs
-
-
 def test_two_processes_match_one_process(tmp_path):
-  overrides = {'total_steps': 3, 'checkpoint_every': 3, 'batch_size': 8}
+  overrides = {'total_steps': 3, 'checkpoint_steps': 3, 'batch_size': 8}
   single = str(tmp_path / 'single')
   runner.run(single, overrides, devices=4)
 
   multi = str(tmp_path / 'multi')
-  procs = _start_two(multi, overrides)
+  procs = runner.start_two(multi, overrides)
   outs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-5000:]
@@ -59,8 +40,8 @@ def test_two_processes_match_one_process(tmp_path):
 
   np.testing.assert_allclose(_losses(multi), _losses(single), rtol=1e-5)
   assert len(_losses(multi)) == 3
-  pm, step_m = train_pretrain.load_pretrained_params(multi)
-  ps, step_s = train_pretrain.load_pretrained_params(single)
+  pm, step_m = checkpointing.load_pretrained_params(multi)
+  ps, step_s = checkpointing.load_pretrained_params(single)
   assert step_m == step_s == 3
   fm, fs = flatten(pm), flatten(ps)
   for k in fs:
@@ -71,7 +52,7 @@ def test_sigterm_on_one_host_stops_every_host_at_one_step(tmp_path):
   """A preemption notice reaching host 1 only: both hosts save the same step together, exit 0."""
   workdir = str(tmp_path / 'run')
   logs = [open(tmp_path / f'stderr{i}', 'w+') for i in range(2)]  # files: a full pipe would block
-  procs = _start_two(workdir, {'total_steps': 300, 'checkpoint_every': 1000}, stderr=logs)
+  procs = runner.start_two(workdir, {'total_steps': 300}, stderr=logs)
   fcntl.fcntl(procs[0].stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)  # see pretrain_runner.start
   lines = runner.read_until(procs[0], 'step 5/300')
   procs[1].send_signal(signal.SIGTERM)

@@ -56,7 +56,7 @@ def test_reconstruction_grid_pastes_visible_patches_and_grays_masked_ones():
 
 def test_training_writes_loss_scalars_and_the_image_grid(tmp_path):
   config = get_config()
-  config.eval_every = 3
+  config.eval_steps = 3
   tp.train_and_evaluate(config, str(tmp_path))
   acc = EventAccumulator(os.path.join(tmp_path, 'tensorboard'), size_guidance={'images': 0})
   acc.Reload()
@@ -65,6 +65,6 @@ def test_training_writes_loss_scalars_and_the_image_grid(tmp_path):
   assert {'train/lr', 'train/steps_per_s', 'train/images_per_s', 'vis/loss_fixed_batch'} <= set(
       acc.Tags()['scalars'])
   start, image = acc.Images('vis/original|masked|reconstruction')
-  assert (start.step, image.step) == (0, 3)  # the untrained baseline, then every eval_every
+  assert (start.step, image.step) == (0, 3)  # the untrained baseline, then every eval_steps
   assert (image.height, image.width) == (8 * 32, 3 * 32)
   assert image.encoded_image_string.startswith(b'\x89PNG')

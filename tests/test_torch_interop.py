@@ -129,7 +129,7 @@ def test_import_cli_writes_orbax_params_that_restore(tmp_path):
   torch_interop.save_torch_checkpoint(sd, path)
   workdir = str(tmp_path / 'wd')
   overrides = [f'--config.model.{k}={v}' for k, v in TINY_MAE.items()]
-  cmd = [sys.executable, 'main.py', '--mode=import_torch', '--config=configs/pretrain_tiny.py',
+  cmd = [sys.executable, 'main.py', '--mode=import_torch', '--config=configs/pretrain.py:tiny',
          f'--torch_checkpoint={path}', f'--workdir={workdir}', *overrides]
   res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert res.returncode == 0, res.stderr[-3000:]

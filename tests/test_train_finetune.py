@@ -117,7 +117,7 @@ def run_main(workdir, root, extra=()):
 
 
 def final_params(workdir):
-  from mae_face_jax.train_pretrain import load_pretrained_params
+  from mae_face_jax.checkpointing import load_pretrained_params
   params, step = load_pretrained_params(workdir)
   from mae_face_jax.train_state import flatten
   return flatten(params), step

@@ -1,64 +1,62 @@
 """The fusion program end to end on a tiny ABAW-layout tree: two fine-tuned tiny encoders, four
-fusion heads, smoothing and the report, whose table must equal metrics recomputed from the saved
-per-frame predictions."""
+fusion heads trained together, smoothing and the report, whose table must equal metrics recomputed
+from the saved per-frame predictions; exact resume after SIGKILL, two processes giving one
+process's report (written once), and accumulation equal to the big batch."""
 
 import csv
-import importlib.util
 import os
 import re
+import signal
+import subprocess
 
 import numpy as np
 import pytest
 
-from configs.fusion import fusion_config
-from input_pipeline import demo_data
-from mae_face_jax import metrics, report, smoothing, train_finetune, train_fusion
+from input_pipeline import abaw, demo_data
+from mae_face_jax import checkpointing, metrics, report, smoothing, train_finetune, train_fusion
+from mae_face_jax.train_state import flatten
+from tests import finetune_test_config, fusion_test_config
+from tests import pretrain_runner as runner
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def finetune_test_config():
-  spec = importlib.util.spec_from_file_location(
-      'ftc', os.path.join(REPO, 'tests', 'finetune_test_config.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+CONFIG = os.path.join(runner.REPO, 'tests', 'fusion_test_config.py')
 
 
 @pytest.fixture(scope='module')
-def fused_run(tmp_path_factory):
+def encoders(tmp_path_factory):
+  """The data root and the two fine-tuning workdirs (face, eyes_mouth)."""
   base = tmp_path_factory.mktemp('fusion')
   root = demo_data.ensure_demo_data(str(base / 'data'), num_videos=6, frames=(16, 24), size=48)
   workdirs = {}
   for view in ('face', 'eyes_mouth'):
-    config = finetune_test_config()
+    config = finetune_test_config.get_config()
     config.view = view
     config.data.root = root
-    config.async_checkpoints = True
     workdirs[view] = str(base / f'ft_{view}')
     train_finetune.train_and_evaluate(config, workdirs[view])
-  config = fusion_config('tiny', 32)
-  ft = finetune_test_config()
-  config.model = ft.model
-  config.model.drop_path_rate = 0.0
-  config.data = ft.data
-  config.data.root = root
-  config.face_workdir, config.region_workdir = workdirs['face'], workdirs['eyes_mouth']
-  config.aux_blocks = 1
-  config.fusion.num_heads = 2
-  config.cache_features = True
-  config.batch_size = 8
-  config.eval_batch_size = 16
-  config.total_steps = 6
-  config.log_every = 3
-  config.windows = (1, 3, 5)
-  workdir = str(base / 'fusion')
-  results = train_fusion.train_and_evaluate(config, workdir)
-  return os.path.join(workdir, 'report'), results, root
+  return root, workdirs['face'], workdirs['eyes_mouth']
+
+
+def overrides(encoders) -> dict:
+  root, face, region = encoders
+  return {'data.root': root, 'face_workdir': face, 'region_workdir': region}
+
+
+def config_for(encoders):
+  config = fusion_test_config.get_config()
+  config.data.root, config.face_workdir, config.region_workdir = encoders
+  return config
+
+
+@pytest.fixture(scope='module')
+def fused_run(encoders, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('fused') / 'fusion')
+  results = train_fusion.train_and_evaluate(config_for(encoders), workdir)
+  return workdir, results
 
 
 def test_report_files_exist(fused_run):
-  report_dir, results, _ = fused_run
+  workdir, results = fused_run
+  report_dir = os.path.join(workdir, 'report')
   for name in ('results.md', 'results.csv', 'results.json', 'confusion_matrix.png',
                'per_class_f1.png', 'f1_vs_window.png', 'submission_expr.txt'):
     assert os.path.getsize(os.path.join(report_dir, name)) > 0, name
@@ -68,10 +66,14 @@ def test_report_files_exist(fused_run):
                  'fusion updown_mean', 'fusion updown_concat'):
     assert method in names
     assert any(n.startswith(f'{method} + smoothing (w=') for n in names), method
+  # The heads live in the run's checkpoints, one subtree per key generator.
+  params, step = checkpointing.load_pretrained_params(workdir)
+  assert step == 6 and set(params) == {'heads'}
+  assert set(params['heads']) == {'mean', 'concat', 'updown_mean', 'updown_concat'}
 
 
 def test_table_equals_metrics_recomputed_from_predictions(fused_run):
-  report_dir, _, _ = fused_run
+  report_dir = os.path.join(fused_run[0], 'report')
   rows = list(csv.DictReader(open(os.path.join(report_dir, 'results.csv'))))
   assert len(rows) == 13
   for row in rows:
@@ -95,13 +97,69 @@ def test_table_equals_metrics_recomputed_from_predictions(fused_run):
       assert float(row[name]) == pytest.approx(100 * value, abs=1e-3), (method, name)
 
 
-def test_submission_covers_the_test_videos(fused_run):
-  report_dir, _, root = fused_run
-  lines = open(os.path.join(report_dir, 'submission_expr.txt')).read().splitlines()
+def test_submission_covers_the_test_videos(fused_run, encoders):
+  lines = open(os.path.join(fused_run[0], 'report', 'submission_expr.txt')).read().splitlines()
   assert lines[0] == 'image_location,' + ','.join(metrics.EXPR_CLASSES)
-  from input_pipeline import abaw
-  test = abaw.load_test_set(root)
-  assert len(lines) - 1 == len(test)
+  assert len(lines) - 1 == len(abaw.load_test_set(encoders[0]))
   for line in lines[1:]:
     loc, label = line.split(',')
     assert re.fullmatch(r'[^/]+/\d{5}\.jpg', loc) and 0 <= int(label) < 8
+
+
+def _heads(workdir):
+  params, step = checkpointing.load_pretrained_params(workdir)
+  return flatten(params), step
+
+
+def test_sigkill_mid_training_then_rerun_is_bit_exact(tmp_path, encoders):
+  straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
+  runner.run(straight, overrides(encoders), config=CONFIG)
+  proc = runner.start(killed, overrides(encoders), config=CONFIG)
+  runner.read_until(proc, 'step 4/6')  # step 2's checkpoint is on disk, step 4's may be
+  proc.kill()
+  assert proc.wait() == -signal.SIGKILL
+  ckpt = checkpointing.TrainCheckpointer(os.path.join(killed, 'checkpoints'), read_only=True)
+  killed_at = ckpt.latest_step()
+  ckpt.close()
+  assert killed_at in (2, 4), killed_at
+  resumed = runner.run(killed, overrides(encoders), config=CONFIG)
+  assert f'resumed from {killed}/checkpoints/{killed_at}' in resumed.stderr
+  (whole, step_a), (again, step_b) = _heads(straight), _heads(killed)
+  assert step_a == step_b == 6 and whole.keys() == again.keys()
+  for k in whole:
+    np.testing.assert_array_equal(whole[k], again[k], err_msg=k)
+  first = flatten(checkpointing.load_pretrained_params(killed, step=killed_at + 2)[0])
+  assert any(not np.array_equal(first[k], again[k]) for k in again)  # training moved them
+
+
+def test_two_processes_give_one_process_report_written_once(tmp_path, encoders):
+  single = str(tmp_path / 'single')
+  runner.run(single, overrides(encoders), devices=4, config=CONFIG)
+  multi = str(tmp_path / 'multi')
+  procs = runner.start_two(multi, overrides(encoders), config=CONFIG)
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-5000:]
+  assert 'report written to' in outs[0] and 'report written to' not in outs[1]
+  table = lambda d: list(csv.reader(open(os.path.join(d, 'report', 'results.csv'))))
+  one, two = table(single), table(multi)
+  assert [r[0] for r in one] == [r[0] for r in two]
+  np.testing.assert_allclose(np.array([r[1:] for r in two[1:]], float),
+                             np.array([r[1:] for r in one[1:]], float), atol=1e-3)
+  (hs, _), (hm, _) = _heads(single), _heads(multi)
+  for k in hs:
+    np.testing.assert_allclose(hm[k], hs[k], rtol=1e-4, atol=2e-5, err_msg=k)
+
+
+def test_accumulation_equals_the_big_batch(tmp_path, encoders):
+  runs = {}
+  frames = len(abaw.load_split(encoders[0], 'Train_Set'))
+  for name, batch, accum in (('micro', 8, 2), ('big', 16, 1)):
+    config = config_for(encoders)
+    config.batch_size, config.grad_accum_steps = batch, accum
+    config.total_steps, config.total_epochs = None, 4.5 * 16 / frames  # 4 updates of 16
+    config.warmup_percent = 50.0
+    runs[name] = str(tmp_path / name)
+    train_fusion.train_and_evaluate(config, runs[name])
+  from tests.test_loop import _assert_same_run
+  _assert_same_run(runs['micro'], runs['big'], updates=4)

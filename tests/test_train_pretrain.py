@@ -14,6 +14,7 @@ from flax import nnx
 from input_pipeline import demo_data
 from mae_face_jax.train_state import flatten
 from mae_face_jax import checkpointing, train_pretrain
+from mae_face_jax.models.build import build_model
 from tests import pretrain_runner as runner
 
 
@@ -24,14 +25,14 @@ def demo_root(tmp_path_factory):
 
 
 def _params(workdir):
-  params, step = train_pretrain.load_pretrained_params(workdir)
+  params, step = checkpointing.load_pretrained_params(workdir)
   return params, step
 
 
 def test_sigkill_mid_run_then_restart_is_bit_exact(tmp_path, demo_root):
   # Real data pipeline (demo face frames, Grain, random crops), FSDP over 2 devices, async saves.
   overrides = {'data.source': 'demo', 'data.root': demo_root, 'total_steps': 24,
-               'checkpoint_every': 4, 'mesh.data': 1, 'mesh.fsdp': 2}
+               'checkpoint_steps': 4, 'mesh.data': 1, 'mesh.fsdp': 2}
   straight, killed = str(tmp_path / 'a'), str(tmp_path / 'b')
   runner.run(straight, overrides)
 
@@ -58,14 +59,14 @@ def test_sigkill_mid_run_then_restart_is_bit_exact(tmp_path, demo_root):
   for k in flat_a:
     assert np.array_equal(flat_a[k], flat_b[k]), f'{k} differs after resume'
   # And training did move them (the comparison is not vacuous).
-  first, _ = train_pretrain.load_pretrained_params(straight, step=16)
+  first, _ = checkpointing.load_pretrained_params(straight, step=16)
   assert not np.array_equal(flatten(first)['blocks.0.mlp.fc1.kernel'],
                             flat_a['blocks.0.mlp.fc1.kernel'])
 
 
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
   workdir = str(tmp_path / 'run')
-  overrides = {'total_steps': 200, 'checkpoint_every': 1000}  # no periodic saves at all
+  overrides = {'total_steps': 200}  # no periodic saves at all
   proc = runner.start(workdir, overrides)
   lines = runner.read_until(proc, 'step 5/200')
   proc.send_signal(signal.SIGTERM)
@@ -83,7 +84,7 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
 
 def test_bfloat16_compute_keeps_float32_master_state(tmp_path):
   """The accelerator preset's numerics on CPU: bf16 activations, fp32 params and Adam moments."""
-  from configs.pretrain_base_accel import get_config as accel_config
+  from configs.pretrain_accel import get_config as accel_config
   from tests.pretrain_test_config import get_config
   accel = accel_config()
   assert accel.model.dtype == 'bfloat16' and accel.model.param_dtype == 'float32'
@@ -95,7 +96,7 @@ def test_bfloat16_compute_keeps_float32_master_state(tmp_path):
   state = train_pretrain.train_and_evaluate(config, str(tmp_path))
   leaves = jax.tree.leaves((state['params'], state['opt_state']))
   assert {str(x.dtype) for x in leaves if x.ndim} == {'float32'}
-  model = nnx.eval_shape(lambda: train_pretrain.build_model(config))
+  model = nnx.eval_shape(lambda: build_model(config))
   assert model.blocks[0].mlp.fc1.dtype == jnp.bfloat16  # matmuls run in bf16
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
   acc = EventAccumulator(os.path.join(tmp_path, 'tensorboard'))
