@@ -1,6 +1,6 @@
 """Images/s of the full fine-tuning input pipeline next to raw OpenCV decoding of the same files.
 
-Claim (issue 4): the pipeline (read + decode + region view + RandomResizedCrop + flip + RandAugment +
+Claim: the pipeline (read + decode + region view + RandomResizedCrop + flip + RandAugment +
 random erasing + uint8 batch; the programs normalise on the device) keeps up with plain
 ``cv2.imdecode`` of the same JPEGs on the same cores: ``ratio = pipeline images/s / raw decode
 images/s`` >= 0.8 with all cores.
