@@ -16,6 +16,7 @@ its evaluation and its outputs.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -27,7 +28,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
-from mae_face_jax import checkpointing, observe, optim, sharding
+from mae_face_jax import checkpointing, observe, optim, report, sharding
 from mae_face_jax import train_state as ts
 
 # loss_fn(model, batch, example_keys) -> (loss_sum, weight, metrics): the loss is loss_sum / weight
@@ -128,7 +129,12 @@ def setup(config: Any, mesh: Mesh, build: ts.Builder, examples_per_epoch: int | 
 
 def resume(run: Run, workdir: str, data_iter: Iterator) -> Run:
   """The run with its data stream and checkpoints (`workdir/checkpoints`): from the latest
-  checkpoint there if any (state and data position), else from the initial state."""
+  checkpoint there if any (state and data position), else from the initial state. The config is
+  written to `workdir/config.json`, so that tools reading the workdir know its model."""
+  if observe.is_chief():
+    os.makedirs(workdir, exist_ok=True)
+    report.atomic_write_text(os.path.join(workdir, 'config.json'),
+                             run.config.to_json_best_effort(indent=1))
   ckpt, state = checkpointing.open_and_resume(run.config, workdir, run.placed.state,
                                               run.placed.shardings, data_iter)
   d = run.durations

@@ -56,12 +56,21 @@ def _lrs(workdir):
   return [(e.step, e.value) for e in acc.Scalars('train/lr')]
 
 
-def _assert_same_run(micro_dir, big_dir, updates):
-  """Same number of updates, the same lr at every update, the same parameters (fp32)."""
-  (pm, step_m), (pb, step_b) = (checkpointing.load_pretrained_params(d) for d in (micro_dir, big_dir))
-  assert step_m == step_b == updates
-  lr_m, lr_b = _lrs(micro_dir), _lrs(big_dir)
-  assert [s for s, _ in lr_m] == list(range(1, updates + 1))
+def assert_accumulation_equals_the_big_batch(tmp_path, make_config, train, frames):
+  """k=2 micro-batches of 8 and one batch of 16, epochs for 4 updates: the same number of updates,
+  the same lr at every update, the same parameters (fp32)."""
+  runs = {}
+  for name, batch, accum in (('micro', 8, 2), ('big', 16, 1)):
+    config = make_config()
+    config.batch_size, config.grad_accum_steps = batch, accum
+    config.total_steps, config.warmup_steps = None, None
+    config.total_epochs, config.warmup_percent = 4.5 * 16 / frames, 50.0
+    runs[name] = str(tmp_path / name)
+    train(config, runs[name])
+  (pm, step_m), (pb, step_b) = (checkpointing.load_pretrained_params(d) for d in runs.values())
+  assert step_m == step_b == 4
+  lr_m, lr_b = _lrs(runs['micro']), _lrs(runs['big'])
+  assert [s for s, _ in lr_m] == [1, 2, 3, 4]
   np.testing.assert_allclose([v for _, v in lr_m], [v for _, v in lr_b], rtol=1e-6)
   assert len({v for _, v in lr_m}) > 2  # warmup and decay: the comparison is not of constants
   fm, fb = flatten(pm), flatten(pb)
@@ -71,31 +80,22 @@ def _assert_same_run(micro_dir, big_dir, updates):
 
 
 def test_pretraining_accumulation_equals_the_big_batch(tmp_path, demo_root):
-  frames = len(abaw.load_frames(demo_root))
-  runs = {}
-  for name, batch, accum in (('micro', 8, 2), ('big', 16, 1)):
+  def make_config():
     config = pretrain_test_config.get_config()
     config.data.source, config.data.root = 'demo', demo_root
-    config.batch_size, config.grad_accum_steps = batch, accum
-    config.total_steps, config.warmup_steps = None, None
-    config.total_epochs, config.warmup_percent = 4.5 * 16 / frames, 50.0  # 4 updates of 16
-    runs[name] = str(tmp_path / name)
-    train_pretrain.train_and_evaluate(config, runs[name])
-  _assert_same_run(runs['micro'], runs['big'], updates=4)
+    return config
+  assert_accumulation_equals_the_big_batch(tmp_path, make_config, train_pretrain.train_and_evaluate,
+                                           len(abaw.load_frames(demo_root)))
 
 
 def test_finetuning_accumulation_equals_the_big_batch(tmp_path, demo_root):
-  frames = len(abaw.load_split(demo_root, 'Train_Set'))
   # Class-weighted loss (micro-batches have other class mixes than the big batch), RandAugment on;
   # drop path off and no mixup, whose draws are per batch rather than per example.
-  runs = {}
-  for name, batch, accum in (('micro', 8, 2), ('big', 16, 1)):
+  def make_config():
     config = finetune_test_config.get_config()
     config.data.root = demo_root
     config.model.drop_path_rate = 0.0
-    config.batch_size, config.grad_accum_steps = batch, accum
-    config.total_steps, config.eval_steps = None, None
-    config.total_epochs, config.warmup_percent = 4.5 * 16 / frames, 50.0  # 4 updates of 16
-    runs[name] = str(tmp_path / name)
-    train_finetune.train_and_evaluate(config, runs[name])
-  _assert_same_run(runs['micro'], runs['big'], updates=4)
+    config.eval_steps = None
+    return config
+  assert_accumulation_equals_the_big_batch(tmp_path, make_config, train_finetune.train_and_evaluate,
+                                           len(abaw.load_split(demo_root, 'Train_Set')))

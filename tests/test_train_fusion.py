@@ -152,14 +152,7 @@ def test_two_processes_give_one_process_report_written_once(tmp_path, encoders):
 
 
 def test_accumulation_equals_the_big_batch(tmp_path, encoders):
-  runs = {}
-  frames = len(abaw.load_split(encoders[0], 'Train_Set'))
-  for name, batch, accum in (('micro', 8, 2), ('big', 16, 1)):
-    config = config_for(encoders)
-    config.batch_size, config.grad_accum_steps = batch, accum
-    config.total_steps, config.total_epochs = None, 4.5 * 16 / frames  # 4 updates of 16
-    config.warmup_percent = 50.0
-    runs[name] = str(tmp_path / name)
-    train_fusion.train_and_evaluate(config, runs[name])
-  from tests.test_loop import _assert_same_run
-  _assert_same_run(runs['micro'], runs['big'], updates=4)
+  from tests.test_loop import assert_accumulation_equals_the_big_batch
+  assert_accumulation_equals_the_big_batch(tmp_path, lambda: config_for(encoders),
+                                           train_fusion.train_and_evaluate,
+                                           len(abaw.load_split(encoders[0], 'Train_Set')))
