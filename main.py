@@ -28,6 +28,8 @@ def main(argv):
   if not workdir:
     raise app.UsageError('--workdir is required for this config')
   os.makedirs(workdir, exist_ok=True)
+  from mae_face_jax import observe
+  observe.route_logs(os.path.join(workdir, 'log.txt'))
 
   if _MODE.value in ('import_torch', 'export_torch'):
     from mae_face_jax import checkpointing, torch_interop
@@ -67,17 +69,8 @@ def main(argv):
     raise app.UsageError(f'config.program={config.program!r} is not one of pretrain, finetune, fusion, demo')
 
 
-class _QuietLibraries(logging.logging.Filter):
-  """Drops INFO lines of checkpointing/data libraries (one per file written) from the log."""
-
-  def filter(self, record) -> bool:
-    return record.levelno >= logging.WARNING or not any(
-        part in record.pathname for part in ('/orbax/', '/grain/', '/tensorflow_datasets/'))
-
-
 if __name__ == '__main__':
   from mae_face_jax import host_memory
   host_memory.keep_freed_memory()  # before JAX starts its threads
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
   app.run(main)

@@ -1,4 +1,5 @@
-"""What a run shows while it trains: a progress line, TensorBoard events and reconstruction grids.
+"""What a run shows while it trains: a progress line, TensorBoard events, reconstruction grids, and
+where log lines go (`route_logs`: the console keeps ours, a file in the workdir keeps all).
 
 Only process 0 prints or writes; on other hosts the same calls do nothing, so programs need no
 `if jax.process_index() == 0` of their own. Events are written with tensorboard's own event-file
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import datetime
 import io
+import logging
 import os
 import sys
 import time
 
 import jax
 import numpy as np
+from absl import logging as absl_logging
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
@@ -22,8 +25,34 @@ from mae_face_jax import images as images_lib
 from mae_face_jax.models.mae import patchify, unpatchify
 
 
+# Libraries whose INFO lines (Orbax writes several per file it saves) belong in the log file only.
+CHATTY_LIBRARIES = ('/orbax/', '/grain/', '/tensorflow_datasets/', '/jax/', '/flax/', '/etils/')
+
+
 def is_chief() -> bool:
   return jax.process_index() == 0
+
+
+class _LibraryInfo(logging.Filter):
+  """Passes warnings and errors, and INFO lines not logged from the chatty libraries."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not any(
+        part in record.pathname for part in CHATTY_LIBRARIES)
+
+
+def route_logs(log_path: str) -> None:
+  """Every log line (INFO and up) appended to `log_path`; on the console our own lines and every
+  library's warnings, without the libraries' INFO chatter."""
+  console = absl_logging.get_absl_handler().python_handler  # absl's handler delegates to it
+  if not any(isinstance(f, _LibraryInfo) for f in console.filters):
+    console.addFilter(_LibraryInfo())
+  if not any(getattr(h, 'baseFilename', None) == os.path.abspath(log_path)
+             for h in logging.root.handlers):
+    log_file = logging.FileHandler(log_path)
+    log_file.setFormatter(absl_logging.PythonFormatter())
+    log_file.setLevel(logging.INFO)
+    logging.root.addHandler(log_file)
 
 
 class Progress:
