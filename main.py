@@ -30,6 +30,13 @@ def main(argv):
   os.makedirs(workdir, exist_ok=True)
   from mae_face_jax import observe
   observe.route_logs(os.path.join(workdir, 'log.txt'))
+  # Compiled steps persist in the workdir: a resumed run, and stages of one chain that compile the
+  # same step (the two fine-tunings), load them instead of compiling again.
+  cache = config.get('compilation_cache_dir')
+  cache = os.path.join(workdir, 'jax_cache') if cache is None else cache
+  if cache:
+    import jax
+    jax.config.update('jax_compilation_cache_dir', cache)
 
   if _MODE.value in ('import_torch', 'export_torch'):
     from mae_face_jax import checkpointing, torch_interop

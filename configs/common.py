@@ -84,3 +84,4 @@ def add_run_fields(config: ml_collections.ConfigDict, *, betas: tuple[float, flo
       b1=betas[0], b2=betas[1], eps=1e-8, weight_decay=0.05, grad_clip_norm=0.0))
   config.keep_checkpoints = 2
   config.async_checkpoints = True
+  config.compilation_cache_dir = config_dict.placeholder(str)  # None: <workdir>/jax_cache; '': off

@@ -3,9 +3,12 @@
 Data generation → stage-1 MAE pretraining → fine-tuning of the face and eyes+mouth encoders from
 the stage-1 encoder → attention-fusion heads (four key generators) → smoothing → report.
 Each stage's config is a field here; each stage can also run alone with its own config file.
+`--config=configs/demo.py:smoke` is the same chain on a few tiny videos with a tiny model (seconds a
+stage: checks that every stage runs, learns nothing).
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs.finetune import finetune_config
 from configs.fusion import fusion_config
@@ -15,11 +18,20 @@ SIZE, IMG = 'tiny', 112
 ENCODER = dict(depth=6)  # ViT-Ti width (192, 3 heads) at half depth: minutes on two CPU cores
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  if arg not in ('', 'smoke'):
+    raise ValueError(f'configs/demo.py: variant {arg!r} is not one of "" (the demo), "smoke"')
   config = ml_collections.ConfigDict()
   config.program = 'demo'
   config.workdir = 'workdir/demo'  # used when --workdir is not given
   config.data = ml_collections.ConfigDict(dict(source='demo', root=''))
+  # Compiled steps kept in one place for the whole chain (None: <workdir>/jax_cache; '': off).
+  config.compilation_cache_dir = config_dict.placeholder(str)
+  config.demo_data = ml_collections.ConfigDict(dict(num_videos=60, frames=(120, 220), size=IMG))
+  # Each stage's wall time on the 2-core Intel machine README names; the progress lines' whole-chain
+  # ETA scales them by how fast the stages done so far ran here.
+  config.expected_seconds = ml_collections.ConfigDict(dict(
+      data=12, pretrain=109, finetune_face=163, finetune_region=160, fusion=108))
   # True: also fine-tune both views from random init on the same budget and write
   # pretraining_gain.md (what stage 1 is worth); stages already done are not redone.
   config.random_init_baseline = False
@@ -71,4 +83,27 @@ def get_config() -> ml_collections.ConfigDict:
   fu.total_epochs = 2.0
   fu.log_steps = 50
   config.fusion = fu
+  if arg == 'smoke':
+    shrink_to_smoke(config)
   return config
+
+
+def shrink_to_smoke(config: ml_collections.ConfigDict) -> None:
+  """A few 32-px videos, a one-block 64-wide ViT and a handful of steps per stage."""
+  config.demo_data.update(num_videos=8, frames=(24, 32), size=32)
+  config.expected_seconds.update(data=1, pretrain=10, finetune_face=10, finetune_region=10,
+                                 fusion=15)
+  for key in ('pretrain', 'finetune_face', 'finetune_region', 'fusion'):
+    stage = config[key]
+    stage.model.update(img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=2)
+    stage.batch_size, stage.log_steps, stage.checkpoint_steps = 8, 2, 4
+    for name in ('total', 'warmup', 'eval'):
+      stage[f'{name}_epochs'] = stage[f'{name}_steps'] = None
+    stage.total_steps = 4
+  config.pretrain.model.update(decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+  config.pretrain.eval_steps = 4
+  config.fusion.aux_blocks = 1
+  config.fusion.fusion.num_heads = 2
+  config.fusion.windows = (1, 3)
+  for key in ('finetune_face', 'finetune_region', 'fusion'):
+    config[key].eval_batch_size = 16

@@ -25,28 +25,32 @@ from mae_face_jax import images as images_lib
 from mae_face_jax.models.mae import patchify, unpatchify
 
 
-# Libraries whose INFO lines (Orbax writes several per file it saves) belong in the log file only.
-CHATTY_LIBRARIES = ('/orbax/', '/grain/', '/tensorflow_datasets/', '/jax/', '/flax/', '/etils/')
+# The lowest level a library's line needs to reach the console; below it, the log file only.
+# Orbax writes several INFO lines per file it saves and WARNINGs about its own options (read-only
+# managers, metadata it does not find); what goes wrong in it raises.
+CONSOLE_LEVELS = {'/orbax/': logging.ERROR, '/grain/': logging.ERROR,
+                  '/tensorflow_datasets/': logging.ERROR, '/etils/': logging.ERROR,
+                  '/optax/': logging.WARNING, '/jax/': logging.WARNING, '/flax/': logging.WARNING}
 
 
 def is_chief() -> bool:
   return jax.process_index() == 0
 
 
-class _LibraryInfo(logging.Filter):
-  """Passes warnings and errors, and INFO lines not logged from the chatty libraries."""
+class _LibraryChatter(logging.Filter):
+  """Drops a library's line below that library's console level (`CONSOLE_LEVELS`)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or not any(
-        part in record.pathname for part in CHATTY_LIBRARIES)
+    return all(record.levelno >= level for part, level in CONSOLE_LEVELS.items()
+               if part in record.pathname)
 
 
 def route_logs(log_path: str) -> None:
-  """Every log line (INFO and up) appended to `log_path`; on the console our own lines and every
-  library's warnings, without the libraries' INFO chatter."""
+  """Every log line (INFO and up) appended to `log_path`; on the console our own lines and what
+  reaches each library's console level."""
   console = absl_logging.get_absl_handler().python_handler  # absl's handler delegates to it
-  if not any(isinstance(f, _LibraryInfo) for f in console.filters):
-    console.addFilter(_LibraryInfo())
+  if not any(isinstance(f, _LibraryChatter) for f in console.filters):
+    console.addFilter(_LibraryChatter())
   if not any(getattr(h, 'baseFilename', None) == os.path.abspath(log_path)
              for h in logging.root.handlers):
     log_file = logging.FileHandler(log_path)
@@ -55,8 +59,28 @@ def route_logs(log_path: str) -> None:
     logging.root.addHandler(log_file)
 
 
+# Where a chain of stages (the main job) stands, for the progress line's whole-chain ETA: the
+# stage's name, its place, and the seconds the stages after it are expected to take.
+_chain: dict | None = None
+
+
+def set_chain_stage(name: str, index: int, count: int, seconds_after: float) -> None:
+  global _chain
+  _chain = dict(name=name, index=index, count=count, seconds_after=seconds_after)
+
+
+def clear_chain() -> None:
+  global _chain
+  _chain = None
+
+
+def format_seconds(seconds: float) -> str:
+  return str(datetime.timedelta(seconds=round(max(seconds, 0.0))))
+
+
 class Progress:
-  """Every `log_every` steps: step, loss, lr, steps/s, images/s, ETA (a bar when stdout is a tty)."""
+  """Every `log_every` steps: step, loss, lr, steps/s, images/s, ETA (a bar when stdout is a tty);
+  inside a chain of stages also the stage and the whole chain's ETA."""
 
   def __init__(self, total_steps: int, global_batch: int, first_step: int = 0, stream=None):
     self.total_steps, self.global_batch = total_steps, global_batch
@@ -72,10 +96,13 @@ class Progress:
     rates = {'steps_per_s': steps_per_s, 'images_per_s': steps_per_s * self.global_batch}
     if not is_chief():
       return rates
-    eta = datetime.timedelta(seconds=round((self.total_steps - step) / max(steps_per_s, 1e-9)))
+    eta = (self.total_steps - step) / max(steps_per_s, 1e-9)
     fields = ' | '.join(f'{k} {v:.4g}' for k, v in metrics.items())
     line = (f'step {step}/{self.total_steps} | {fields} | {steps_per_s:.2f} steps/s | '
-            f'{rates["images_per_s"]:.1f} img/s | ETA {eta}')
+            f'{rates["images_per_s"]:.1f} img/s | ETA {format_seconds(eta)}')
+    if _chain is not None:
+      line += (f' | stage {_chain["index"]}/{_chain["count"]} {_chain["name"]}, '
+               f'all stages ETA {format_seconds(eta + _chain["seconds_after"])}')
     if self.tty:
       done = int(30 * step / max(self.total_steps, 1))
       end = '\n' if step >= self.total_steps else ''
