@@ -21,12 +21,17 @@ def fusion_config(region_view: str = 'eyes_mouth', size: str = 'base', img_size:
   config.region_view = region_view   # eyes | mouth | eyes_mouth | eyes_nose_mouth
   config.aux_blocks = -1             # auxiliary tokens after this many blocks (-1: all, the last)
 
+  # Our reading of the paper's fusion; each choice it leaves open is a value (README: "Fusion").
   config.fusion = ml_collections.ConfigDict(dict(
-      methods=('mean', 'concat', 'updown_mean', 'updown_concat'),  # key generators, one head each
+      methods=('mean', 'concat', 'updown_mean', 'updown_concat'),  # key generators
+      seeds=3,                       # heads per key generator, each its own init and data order
+      main_view='face',              # face | region: the view giving the queries
+      values_from='main',            # main | fused | both: the attention's values (models/fusion.py)
+      pool='main',                   # main | both: the classifier also sees the pooled aux tokens
+      init='main_view',              # main_view | both_views | random (train_fusion.head_start)
       num_heads=8,
       local_window=3,                # local attention: k×k neighbourhood on the patch grid
       updown_ratio=4.0,              # bottleneck MLP width / model width
-      start_from_main_view=True,     # the untrained head equals the face encoder's classifier
   ))
   # True: tokens of every frame computed once (deterministic view) and kept in memory;
   # False: computed on the fly from augmented frames (what Aff-Wild2-sized data needs).

@@ -55,21 +55,56 @@ def read_predictions(path: str) -> dict[str, np.ndarray]:
           'probs': np.array([[float(x) for x in r[3:]] for r in rows], np.float32)}
 
 
-def write_results_table(workdir: str, results: Mapping[str, Mapping[str, float | list[float]]]
-                        ) -> None:
-  """results.md, results.csv and results.json: macro F1 and per-class F1 (%) of each method."""
+def write_results_table(workdir: str, results: Mapping[str, Mapping[str, Any]]) -> None:
+  """results.md, results.csv and results.json: macro F1 and per-class F1 (%) of each method; a
+  method run with several seeds shows their mean ± standard deviation (per-class F1: the mean)."""
   names = list(results)
   md = ['| method | macro F1 | ' + ' | '.join(CLASSES) + ' |',
         '|---|---|' + '---|' * len(CLASSES)]
-  lines = ['method,macro_f1,' + ','.join(CLASSES)]
+  lines = ['method,macro_f1,macro_f1_std,seeds,' + ','.join(CLASSES)]
   for name in names:
     r = results[name]
     f1 = [100 * x for x in r['per_class_f1']]
-    md.append(f'| {name} | {100 * r["macro_f1"]:.2f} | ' + ' | '.join(f'{x:.1f}' for x in f1) + ' |')
-    lines.append(f'{name},{100 * r["macro_f1"]:.4f},' + ','.join(f'{x:.4f}' for x in f1))
+    seeds = len(r.get('macro_f1_seeds', [r['macro_f1']]))
+    std = 100 * r.get('macro_f1_std', 0.0)
+    cell = f'{100 * r["macro_f1"]:.2f}' + (f' ± {std:.2f}' if seeds > 1 else '')
+    md.append(f'| {name} | {cell} | ' + ' | '.join(f'{x:.1f}' for x in f1) + ' |')
+    lines.append(f'{name},{100 * r["macro_f1"]:.4f},{std:.4f},{seeds},' +
+                 ','.join(f'{x:.4f}' for x in f1))
+  if any('macro_f1_seeds' in r for r in results.values()):
+    md.append('\nRows of several seeds: mean ± standard deviation over the seeds (each seed in '
+              'seeds.md).')
   atomic_write_text(os.path.join(workdir, 'results.md'), '\n'.join(md) + '\n')
   atomic_write_text(os.path.join(workdir, 'results.csv'), '\n'.join(lines) + '\n')
   atomic_write_text(os.path.join(workdir, 'results.json'), json.dumps(results, indent=1))
+
+
+def over_seeds(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """One row from the summaries of several seeds: mean macro F1, its standard deviation, each
+  seed's, and the mean per-class F1. One seed's summary is returned as it is."""
+  if len(summaries) == 1:
+    return dict(summaries[0])
+  f1 = np.array([s['macro_f1'] for s in summaries])
+  return {'macro_f1': float(f1.mean()), 'macro_f1_std': float(f1.std(ddof=1)),
+          'macro_f1_seeds': f1.tolist(),
+          'per_class_f1': np.mean([s['per_class_f1'] for s in summaries], axis=0).tolist()}
+
+
+def write_seeds_table(report_dir: str, seeds: Mapping[str, list[tuple[float, float, int]]]) -> None:
+  """seeds.md and seeds.csv: each seed's raw and smoothed macro F1 (%) of every seeded method."""
+  md = ['| method | seed | macro F1 | smoothed macro F1 | window |', '|---|---|---|---|---|']
+  lines = ['method,seed,macro_f1,smoothed_macro_f1,window']
+  for name, runs in seeds.items():
+    for seed, (raw, smoothed, window) in enumerate(runs):
+      md.append(f'| {name} | {seed} | {100 * raw:.2f} | {100 * smoothed:.2f} | {window} |')
+      lines.append(f'{name},{seed},{100 * raw:.4f},{100 * smoothed:.4f},{window}')
+  atomic_write_text(os.path.join(report_dir, 'seeds.md'), '\n'.join(md) + '\n')
+  atomic_write_text(os.path.join(report_dir, 'seeds.csv'), '\n'.join(lines) + '\n')
+
+
+def predictions_file(name: str, seed: int | None = None) -> str:
+  """The per-frame predictions file of a report row (and seed)."""
+  return f'predictions_val_{name.replace(" ", "_")}' + ('' if seed is None else f'_s{seed}') + '.csv'
 
 
 def plot_confusion(path: str, labels: np.ndarray, preds: np.ndarray, title: str) -> None:
@@ -153,38 +188,55 @@ def sweep_windows(probs: np.ndarray, frames: Mapping[str, np.ndarray], windows: 
 
 
 def write_report(report_dir: str, frames: Mapping[str, np.ndarray], probs: Mapping[str, np.ndarray],
-                 windows: Sequence[int], num_timelines: int
-                 ) -> tuple[dict[str, Any], dict[str, dict[int, float]]]:
+                 windows: Sequence[int], num_timelines: int,
+                 seeded: Mapping[str, Sequence[np.ndarray]] | None = None
+                 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
   """The report of several methods on the same frames (`frames`: label, video, frame; `probs`:
-  method → per-frame probabilities): results table of each method raw and smoothed with its best
-  window, the per-frame predictions behind every row, per-class F1 and F1-vs-window plots, and the
-  confusion matrix and timelines of the best method. Returns the results and F1-vs-window curves."""
+  method → per-frame probabilities; `seeded`: method → one such array per seed): results table of
+  each method raw and smoothed with its best window (a seeded method: mean ± std over seeds, the
+  window best for the mean), each seed's figures (seeds.md), the per-frame predictions behind every
+  row and seed, per-class F1 and F1-vs-window plots, and the confusion matrix and timelines of the
+  best method (its best seed). Returns the results and, per method, its window, mean smoothed macro
+  F1 and best seed."""
   os.makedirs(report_dir, exist_ok=True)
-  results, curves, best = {}, {}, (-1.0, '', 1)
+  runs = {name: [p] for name, p in probs.items()} | {k: list(v) for k, v in (seeded or {}).items()}
+  results, chosen, curves, seeds_table = {}, {}, {}, {}
   labels, videos, frame_ids = frames['label'], frames['video'], frames['frame']
-  for name, p in probs.items():
-    curves[name] = sweep_windows(p, frames, windows)
+  for name, arrays in runs.items():
+    seed_curves = [sweep_windows(p, frames, windows) for p in arrays]
+    curves[name] = {w: float(np.mean([c[w] for c in seed_curves])) for w in windows}
     window = max(curves[name], key=curves[name].get)
-    results[name] = metrics.summary(labels, p)
-    results[f'{name} + smoothing (w={window})'] = metrics.summary(
-        labels, smoothing.sliding_window_smooth(p, videos, frame_ids, window))
-    if curves[name][window] > best[0]:
-      best = (curves[name][window], name, window)
+    smoothed = [smoothing.sliding_window_smooth(p, videos, frame_ids, window) for p in arrays]
+    raw_rows = [metrics.summary(labels, p) for p in arrays]
+    smooth_rows = [metrics.summary(labels, p) for p in smoothed]
+    results[name] = over_seeds(raw_rows)
+    results[f'{name} + smoothing (w={window})'] = over_seeds(smooth_rows)
+    best_seed = int(np.argmax([r['macro_f1'] for r in smooth_rows]))
+    chosen[name] = {'window': window, 'smoothed_f1': curves[name][window], 'seed': best_seed}
+    if name in (seeded or {}):
+      seeds_table[name] = [(r['macro_f1'], q['macro_f1'], window)
+                           for r, q in zip(raw_rows, smooth_rows)]
+    for seed, p in enumerate(arrays):
+      write_predictions(os.path.join(report_dir, predictions_file(
+          name, seed if name in (seeded or {}) else None)), videos, frame_ids, labels, p)
   results['chance (uniform random predictions)'] = metrics.uniform_chance(labels)
   write_results_table(report_dir, results)
-  _, name, window = best
-  smoothed = smoothing.sliding_window_smooth(probs[name], videos, frame_ids, window)
+  if seeds_table:
+    write_seeds_table(report_dir, seeds_table)
+  name = max(chosen, key=lambda n: chosen[n]['smoothed_f1'])
+  window, seed = chosen[name]['window'], chosen[name]['seed']
+  best_probs = runs[name][seed]
+  smoothed = smoothing.sliding_window_smooth(best_probs, videos, frame_ids, window)
+  label = f'{name}' + (f' seed {seed}' if name in (seeded or {}) else '')
   plot_confusion(os.path.join(report_dir, 'confusion_matrix.png'), labels, smoothed.argmax(-1),
-                 f'{name}, smoothed (w={window})')
+                 f'{label}, smoothed (w={window})')
   plot_per_class_f1(os.path.join(report_dir, 'per_class_f1.png'), results)
   plot_f1_vs_window(os.path.join(report_dir, 'f1_vs_window.png'), curves)
   os.makedirs(os.path.join(report_dir, 'timelines'), exist_ok=True)
   for video in list(dict.fromkeys(videos))[:num_timelines]:
     rows = videos == video
     plot_timeline(os.path.join(report_dir, 'timelines', f'{video}.png'), video, frame_ids[rows],
-                  labels[rows], probs[name][rows].argmax(-1), smoothed[rows].argmax(-1))
-  for method, p in probs.items():
-    write_predictions(os.path.join(report_dir, f'predictions_val_{method.replace(" ", "_")}.csv'),
-                      videos, frame_ids, labels, p)
-  logging.info('best: %s smoothed with window %d (macro F1 %.4f)', name, window, best[0])
-  return results, curves
+                  labels[rows], best_probs[rows].argmax(-1), smoothed[rows].argmax(-1))
+  logging.info('best: %s smoothed with window %d (mean macro F1 %.4f)', label, window,
+               chosen[name]['smoothed_f1'])
+  return results, chosen

@@ -30,31 +30,52 @@ from mae_face_jax import (checkpointing, classification, inputs, loop, observe, 
 from mae_face_jax import train_state as ts
 from mae_face_jax.images import normalize
 from mae_face_jax.models.build import build_model
-from mae_face_jax.models.fusion import FusionModel
+from mae_face_jax.models.fusion import FusionModel, head_name, head_seed
 from input_pipeline import abaw
 
 Features = dict[str, np.ndarray]  # main, aux: (N, tokens, D) float16; label, frame: (N,); video
 
 
-def start_from_main_view(heads: dict, face_encoder: dict) -> dict[str, np.ndarray]:
-  """Flat values that make each untrained head (`heads`: its parameters' shapes) compute the face
-  classifier (`face_encoder`: its parameters): the pooling norm and linear head copied from it,
-  both attention output projections zeroed, so the skip connections pass the face tokens through.
-  Training then starts from the main view's classifier instead of a random one."""
-  face = ts.flatten(face_encoder)
+INITS = ('main_view', 'both_views', 'random')
+
+
+def head_start(init: str, heads: dict, main: dict, aux: dict) -> dict[str, np.ndarray]:
+  """Flat values starting every head (`heads`: its parameters' shapes) from the fine-tuned
+  classifiers (`main`, `aux`: the main and auxiliary view encoders' parameters); both attention
+  output projections zeroed, so the skip connections pass the main tokens through.
+  'main_view': the head computes the main view's classifier; 'both_views' (pool 'both'): the mean
+  of both views' classifiers' logits (late fusion); 'random': nothing replaced."""
+  if init not in INITS:
+    raise ValueError(f'fusion init {init!r} is not one of {INITS}')
+  if init == 'random':
+    return {}
+  main_flat, aux_flat = ts.flatten(main), ts.flatten(aux)
   flat = {}
   for name, value in ts.flatten(heads).items():
     part = name.split('.', 1)[1]
-    if part.startswith(('fc_norm.', 'head.')):
-      flat[f'heads.{name}'] = face[part]
-    elif part.startswith(('self_attn.proj.', 'local_attn.proj.')):
+    if part.startswith(('self_attn.proj.', 'local_attn.proj.')):
       flat[f'heads.{name}'] = np.zeros(value.shape, np.float32)
+    elif part.startswith('fc_norm.'):
+      flat[f'heads.{name}'] = main_flat[part]
+    elif part.startswith('aux_fc_norm.') and init == 'both_views':
+      flat[f'heads.{name}'] = aux_flat[part.removeprefix('aux_')]
+    elif part.startswith('head.'):
+      m, a = main_flat[part], aux_flat[part]
+      both = init == 'both_views'
+      if value.shape == m.shape:  # the bias, or the kernel with pool 'main'
+        if both and part == 'head.kernel':
+          raise ValueError('fusion init both_views needs fusion.pool="both" (a head that sees '
+                           'both views)')
+        flat[f'heads.{name}'] = (m + a) / 2 if both else m
+      else:  # the kernel with pool 'both': rows of the fused half, then of the auxiliary half
+        flat[f'heads.{name}'] = (np.concatenate([m, a]) / 2 if both
+                                 else np.concatenate([m, np.zeros_like(a)]))
   return flat
 
 
 def encoder_overrides(config: Any) -> dict[str, np.ndarray]:
   """The frozen encoders' weights (best/ of each fine-tuning workdir, refused if of another
-  config) and, with `fusion.start_from_main_view`, the heads' start."""
+  config) and the heads' start (`fusion.init`)."""
   abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build_model(config)), nnx.Param))
   flat, loaded = {}, {}
   for prefix, workdir in (('face_encoder', config.face_workdir),
@@ -63,9 +84,11 @@ def encoder_overrides(config: Any) -> dict[str, np.ndarray]:
     loaded[prefix] = checkpointing.read_numpy(path)
     checkpointing.check_compatible(loaded[prefix], abstract[prefix], path)
     flat |= {f'{prefix}.{k}': v for k, v in ts.flatten(loaded[prefix]).items()}
-  if config.fusion.start_from_main_view:
-    flat |= start_from_main_view(abstract['heads'], loaded['face_encoder'])
-  return flat
+  main, aux = ('face_encoder', 'region_encoder')[::1 if config.fusion.main_view == 'face' else -1]
+  if config.fusion.init == 'both_views' and config.aux_blocks > 0:
+    raise ValueError(f'fusion init both_views starts from the auxiliary classifier, which reads the '
+                     f'last block: aux_blocks={config.aux_blocks} must be -1')
+  return flat | head_start(config.fusion.init, abstract['heads'], loaded[main], loaded[aux])
 
 
 def make_tokens(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh) -> Callable:
@@ -102,11 +125,14 @@ def extract_features(tokens: Callable, state: ts.State, fixed: nnx.State, config
 class FeatureBatches:
   """Endless shuffled batches of cached tokens, reshuffled each epoch; an epoch ends where the
   next step's `accum` batches would not fit, so k micro-batches see what one k-fold batch sees.
-  Every host holds all rows and takes its slice of each global batch, so the batches do not depend
-  on the number of hosts; checkpointable (`get_state`/`set_state`, as Grain's iterators)."""
+  Each of the `seeds` head seeds draws its own order: arrays are (batch, seeds, ...). Every host
+  holds all rows and takes its slice of each global batch, so the batches do not depend on the
+  number of hosts; checkpointable (`get_state`/`set_state`, as Grain's iterators)."""
 
-  def __init__(self, features: Features, global_batch: int, seed: int, accum: int = 1):
+  def __init__(self, features: Features, global_batch: int, seed: int, accum: int = 1,
+               seeds: int = 1):
     self.features, self.global_batch, self.seed, self.accum = features, global_batch, seed, accum
+    self.seeds = seeds
     self.local = inputs.local_batch_size(global_batch)
     self.epoch, self.batch = 0, 0
 
@@ -117,9 +143,9 @@ class FeatureBatches:
     n = len(self.features['label'])
     if self.batch % self.accum == 0 and (self.batch + self.accum) * self.global_batch > n:
       self.epoch, self.batch = self.epoch + 1, 0
-    order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
     start = self.batch * self.global_batch + jax.process_index() * self.local
-    rows = np.sort(order[start:start + self.local])
+    rows = np.stack([np.sort(np.random.default_rng([self.seed, s, self.epoch]).permutation(n)
+                             [start:start + self.local]) for s in range(self.seeds)], axis=1)
     self.batch += 1
     return {k: self.features[k][rows] for k in ('main', 'aux', 'label')}
 
@@ -136,20 +162,24 @@ class FeatureBatches:
 
 def fusion_loss_fn(config: Any, class_weights: np.ndarray) -> loop.LossFn:
   """The fine-tuning loss (smoothed, class-weighted cross entropy) of every head, summed: each
-  head's gradient is its own. Tokens come cached in the batch or from the images."""
+  head's gradient is its own. Tokens come cached in the batch, (batch, seeds, ...) with each seed's
+  own rows, or from the images (one batch for every seed). The weight of a batch is the mean of
+  its seeds' class weights: with one seed, micro-batches sum exactly to the big batch."""
   weights = jnp.asarray(class_weights)
+  seeds = config.fusion.seeds
 
   def loss_fn(model, batch, example_keys):
     del example_keys
     if 'main' in batch:
       main, aux = batch['main'].astype(jnp.float32), batch['aux'].astype(jnp.float32)
+      labels = batch['label']
     else:
       main, aux = model.tokens(normalize(batch['image']), normalize(batch['region_image']))
-    targets = classification.soft_targets(batch['label'], config.model.num_classes,
-                                          config.label_smoothing)
-    weight = jnp.sum(targets * weights)
-    losses = {m: classification.weighted_cross_entropy(logits, targets, weights)
-              for m, logits in model(main, aux).items()}
+      labels = jnp.repeat(batch['label'][:, None], seeds, axis=1)
+    targets = classification.soft_targets(labels, config.model.num_classes, config.label_smoothing)
+    weight = jnp.sum(targets * weights) / seeds
+    losses = {name: classification.weighted_cross_entropy(
+        logits, targets[:, head_seed(name)], weights) for name, logits in model(main, aux).items()}
     return sum(losses.values()) * weight, weight, {f'loss_{m}': v for m, v in losses.items()}
   return loss_fn
 
@@ -183,9 +213,11 @@ def single_view_probs(finetune_workdir: str, val: Features) -> np.ndarray:
   return table['probs'][rows]
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: Any, workdir: str,
+                       feature_cache: dict[tuple, Features] | None = None) -> dict[str, Any]:
   """Trains the fusion heads in `workdir` (resuming there); process 0 writes the report into
-  `workdir/report` and returns the results table (other processes return {})."""
+  `workdir/report` and returns the results table (other processes return {}). `feature_cache`
+  keeps token features between calls over the same encoders (a sweep over head readings)."""
   workdir = os.path.abspath(workdir)
   mesh = loop.start(config)
   root, train_source, val_source, weights = inputs.labelled_splits(config, workdir)
@@ -193,14 +225,21 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                    overrides=encoder_overrides(config), trained=FusionModel.TRAINED)
   graphdef, fixed = run.placed.graphdef, run.placed.fixed
   tokens = make_tokens(graphdef, mesh)
-  features = lambda source: extract_features(tokens, run.placed.state, fixed, config, source, mesh)
+  cache = {} if feature_cache is None else feature_cache
+
+  def features(source: abaw.FrameSource) -> Features:
+    key = (config.face_workdir, config.region_workdir, config.fusion.main_view, config.aux_blocks,
+           tuple(source.videos), len(source))
+    if key not in cache:
+      cache[key] = extract_features(tokens, run.placed.state, fixed, config, source, mesh)
+    return cache[key]
   logging.info('token features of %d validation frames', len(val_source))
   val = features(val_source)
   if config.cache_features:
     logging.info('token features of %d training frames, kept in memory', len(train_source))
     data_iter = FeatureBatches(features(train_source), config.batch_size, config.seed,
-                               config.grad_accum_steps)
-    batch_ndims = {'main': 3, 'aux': 3, 'label': 1}
+                               config.grad_accum_steps, config.fusion.seeds)
+    batch_ndims = {'main': 4, 'aux': 4, 'label': 2}
   else:
     data_iter, batch_ndims = (inputs.paired_iterator(config, train_source),
                               {'image': 4, 'region_image': 4, 'label': 1})
@@ -208,10 +247,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   train_step = loop.train_step_for(run, fusion_loss_fn(config, weights), batch_ndims)
   state = loop.train(run, train_step, observe.SummaryWriter(os.path.join(workdir, 'tensorboard')))
 
-  probs = {'face only': single_view_probs(config.face_workdir, val),
+  views = {'face only': single_view_probs(config.face_workdir, val),
            f'{config.region_view} only': single_view_probs(config.region_workdir, val)}
+  # Late fusion, the baseline any fusion must beat: the mean of the two classifiers' probabilities.
+  views['late fusion (mean of both views)'] = sum(views.values()) / 2
   fused = predict(graphdef, state, fixed, val, config.eval_batch_size, mesh)
-  probs |= {f'fusion {m}': fused[m] for m in config.fusion.methods}
+  seeded = {f'fusion {m}': [fused[head_name(m, s)] for s in range(config.fusion.seeds)]
+            for m in config.fusion.methods}
   test_list = os.path.join(root, abaw.TEST_LIST)
   test = test_probs = None
   if os.path.exists(test_list):
@@ -221,13 +263,17 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     return {}
 
   report_dir = os.path.join(workdir, 'report')
-  results, curves = report.write_report(report_dir, val, probs, list(config.windows),
-                                        config.num_timelines)
-  best = max(fused, key=lambda m: max(curves[f'fusion {m}'].values()))
-  if test is not None:  # the best fused method, smoothed with its best validation window
-    curve = curves[f'fusion {best}']
-    smoothed = smoothing.sliding_window_smooth(test_probs[best], test['video'], test['frame'],
-                                               max(curve, key=curve.get))
+  results, best = report.write_report(report_dir, val, views, list(config.windows),
+                                      config.num_timelines, seeded)
+  # The submission: the fused method of the best mean smoothed F1, its best seed on validation,
+  # smoothed with the method's window.
+  method = max(config.fusion.methods, key=lambda m: best[f'fusion {m}']['smoothed_f1'])
+  chosen = best[f'fusion {method}']
+  chosen = {'method': method, 'head': head_name(method, chosen['seed']), **chosen}
+  report.atomic_write_text(os.path.join(report_dir, 'best.json'), json.dumps(chosen, indent=1))
+  if test is not None:
+    smoothed = smoothing.sliding_window_smooth(test_probs[chosen['head']], test['video'],
+                                               test['frame'], chosen['window'])
     report.write_submission(os.path.join(report_dir, 'submission_expr.txt'), test['video'],
                             test['frame'], smoothed.argmax(-1))
   print(open(os.path.join(report_dir, 'results.md')).read())

@@ -15,6 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ft.data
   config.aux_blocks = 1
   config.fusion.num_heads = 2
+  config.fusion.seeds = 2
   config.cache_features = True
   config.batch_size = 8
   config.eval_batch_size = 16

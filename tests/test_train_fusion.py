@@ -4,6 +4,7 @@ from the saved per-frame predictions; exact resume after SIGKILL, two processes 
 process's report (written once), and accumulation equal to the big batch."""
 
 import csv
+import json
 import os
 import re
 import signal
@@ -62,20 +63,33 @@ def test_report_files_exist(fused_run):
     assert os.path.getsize(os.path.join(report_dir, name)) > 0, name
   assert os.listdir(os.path.join(report_dir, 'timelines'))
   names = list(results)
-  for method in ('face only', 'eyes_mouth only', 'fusion mean', 'fusion concat',
-                 'fusion updown_mean', 'fusion updown_concat'):
+  for method in ('face only', 'eyes_mouth only', 'late fusion (mean of both views)', 'fusion mean',
+                 'fusion concat', 'fusion updown_mean', 'fusion updown_concat'):
     assert method in names
     assert any(n.startswith(f'{method} + smoothing (w=') for n in names), method
-  # The heads live in the run's checkpoints, one subtree per key generator.
+  # The heads live in the run's checkpoints, one subtree per key generator and seed.
   params, step = checkpointing.load_pretrained_params(workdir)
   assert step == 6 and set(params) == {'heads'}
-  assert set(params['heads']) == {'mean', 'concat', 'updown_mean', 'updown_concat'}
+  assert set(params['heads']) == {f'{m}_s{s}' for m in ('mean', 'concat', 'updown_mean',
+                                                        'updown_concat') for s in (0, 1)}
+  best = json.load(open(os.path.join(report_dir, 'best.json')))
+  assert best['head'] == f'{best["method"]}_s{best["seed"]}' and best['window'] in (1, 3, 5)
+
+
+def seed_files(report_dir: str, base: str) -> list[str]:
+  """The per-frame predictions behind a report row: one file, or one per seed."""
+  single = os.path.join(report_dir, report.predictions_file(base))
+  if os.path.exists(single):
+    return [single]
+  return [os.path.join(report_dir, report.predictions_file(base, s)) for s in range(2)]
 
 
 def test_table_equals_metrics_recomputed_from_predictions(fused_run):
+  """Every row (seeded rows: the mean and standard deviation over the seeds) from the saved
+  per-frame predictions."""
   report_dir = os.path.join(fused_run[0], 'report')
   rows = list(csv.DictReader(open(os.path.join(report_dir, 'results.csv'))))
-  assert len(rows) == 13
+  assert len(rows) == 15
   for row in rows:
     method = row['method']
     if method.startswith('chance'):  # expected F1 of uniform random guesses on the same labels
@@ -86,15 +100,38 @@ def test_table_equals_metrics_recomputed_from_predictions(fused_run):
       continue
     m = re.fullmatch(r'(.*) \+ smoothing \(w=(\d+)\)', method)
     base = m.group(1) if m else method
-    pred = report.read_predictions(
-        os.path.join(report_dir, f'predictions_val_{base.replace(" ", "_")}.csv'))
-    probs = pred['probs']
-    if m:
-      probs = smoothing.sliding_window_smooth(probs, pred['video'], pred['frame'], int(m.group(2)))
-    f1 = metrics.per_class_f1(pred['label'], probs.argmax(-1))
-    assert float(row['macro_f1']) == pytest.approx(100 * f1.mean(), abs=1e-3), method
+    f1s = []
+    for path in seed_files(report_dir, base):
+      pred = report.read_predictions(path)
+      probs = pred['probs']
+      if m:
+        probs = smoothing.sliding_window_smooth(probs, pred['video'], pred['frame'],
+                                                int(m.group(2)))
+      f1s.append(metrics.per_class_f1(pred['label'], probs.argmax(-1)))
+    assert int(row['seeds']) == len(f1s) == (2 if base.startswith('fusion') else 1), method
+    macro = [100 * f.mean() for f in f1s]
+    assert float(row['macro_f1']) == pytest.approx(np.mean(macro), abs=1e-3), method
+    assert float(row['macro_f1_std']) == pytest.approx(
+        np.std(macro, ddof=1) if len(macro) > 1 else 0.0, abs=1e-3), method
+    f1 = np.mean(f1s, axis=0)
     for name, value in zip(metrics.EXPR_CLASSES, f1):
       assert float(row[name]) == pytest.approx(100 * value, abs=1e-3), (method, name)
+
+
+def test_seeds_table_equals_metrics_recomputed_from_predictions(fused_run):
+  report_dir = os.path.join(fused_run[0], 'report')
+  rows = list(csv.DictReader(open(os.path.join(report_dir, 'seeds.csv'))))
+  assert sorted({r['method'] for r in rows}) == sorted(
+      f'fusion {m}' for m in ('mean', 'concat', 'updown_mean', 'updown_concat'))
+  assert len(rows) == 8
+  for row in rows:
+    pred = report.read_predictions(os.path.join(
+        report_dir, report.predictions_file(row['method'], int(row['seed']))))
+    raw = metrics.macro_f1(pred['label'], pred['probs'].argmax(-1))
+    smoothed = metrics.macro_f1(pred['label'], smoothing.sliding_window_smooth(
+        pred['probs'], pred['video'], pred['frame'], int(row['window'])).argmax(-1))
+    assert float(row['macro_f1']) == pytest.approx(100 * raw, abs=1e-3), row
+    assert float(row['smoothed_macro_f1']) == pytest.approx(100 * smoothed, abs=1e-3), row
 
 
 def test_submission_covers_the_test_videos(fused_run, encoders):
@@ -153,6 +190,10 @@ def test_two_processes_give_one_process_report_written_once(tmp_path, encoders):
 
 def test_accumulation_equals_the_big_batch(tmp_path, encoders):
   from tests.test_loop import assert_accumulation_equals_the_big_batch
-  assert_accumulation_equals_the_big_batch(tmp_path, lambda: config_for(encoders),
+  def one_seed():  # with several seeds the micro-batches are weighted by the seeds' mean weight
+    config = config_for(encoders)
+    config.fusion.seeds = 1
+    return config
+  assert_accumulation_equals_the_big_batch(tmp_path, one_seed,
                                            train_fusion.train_and_evaluate,
                                            len(abaw.load_split(encoders[0], 'Train_Set')))

@@ -49,7 +49,7 @@ def build_vit(model_cfg: Any, rngs: nnx.Rngs, **overrides: Any) -> VisionTransfo
 
 def build_model(config: Any, seed: int | None = None) -> nnx.Module:
   """What `config.program` trains: the MAE (pretrain), the ViT classifier (finetune), or the two
-  frozen encoders with one fusion head per key generator (fusion)."""
+  frozen encoders with `fusion.seeds` fusion heads per key generator (fusion)."""
   rngs = nnx.Rngs(config.get('seed', 0) if seed is None else seed)
   if config.program == 'pretrain':
     return build_mae(config.model, rngs)
@@ -59,6 +59,7 @@ def build_model(config: Any, seed: int | None = None) -> nnx.Module:
     aux_blocks = config.aux_blocks if config.aux_blocks > 0 else None
     f = config.fusion
     return FusionModel(build_vit(config.model, rngs), build_vit(config.model, rngs), aux_blocks,
-                       tuple(f.methods), num_heads=f.num_heads, local_window=f.local_window,
-                       updown_ratio=f.updown_ratio, rngs=rngs)
+                       tuple(f.methods), seeds=f.seeds, main_view=f.main_view,
+                       values=f.values_from, pool=f.pool, num_heads=f.num_heads,
+                       local_window=f.local_window, updown_ratio=f.updown_ratio, rngs=rngs)
   raise ValueError(f'config.program={config.program!r} trains no model (pretrain, finetune, fusion)')
