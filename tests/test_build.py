@@ -17,7 +17,9 @@ def test_each_program_gets_its_model():
   assert isinstance(vit, VisionTransformer) and vit.head.out_features == 8
   fused = shapes(fusion.fusion_config('eyes_mouth', 'tiny', 112))
   assert isinstance(fused, FusionModel)
-  assert set(fused.heads) == {'mean', 'concat', 'updown_mean', 'updown_concat'}
+  seeds = fusion.fusion_config('eyes_mouth').fusion.seeds
+  assert set(fused.heads) == {f'{m}_s{s}' for m in ('mean', 'concat', 'updown_mean',
+                                                    'updown_concat') for s in range(seeds)}
 
 
 def test_a_model_field_the_model_does_not_take_is_an_error_naming_it():
