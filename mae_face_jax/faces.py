@@ -1,0 +1,311 @@
+"""Faces in raw frames: MTCNN detection → 5 landmarks → similarity alignment → tracks.
+
+Detection follows the reference MTCNN cascade: P-Net over an image pyramid (scales 12 / min_face ·
+factor^k), per-scale NMS (IoU 0.5), NMS across scales (0.7), box regression, squaring; R-Net on 24x24
+crops (threshold, NMS 0.7, regression, squaring); O-Net on 48x48 crops (threshold, landmarks relative
+to the box, regression, NMS 0.7 with the 'min' overlap). Image resampling is area averaging (the
+pyramid and the crops alike); crops reaching outside the image are zero-padded.
+
+The pyramid and P-Net run jitted over a batch of frames; the pyramid is a pair of averaging matrices
+per scale, fixed by the frame size, so a video compiles once. R- and O-Net run on all crops of the
+batch at once, padded to a power of two. Box bookkeeping (thresholds, NMS) is numpy on the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from input_pipeline.regions import TEMPLATE_112
+from mae_face_jax.models import mtcnn
+
+
+@dataclasses.dataclass
+class Face:
+  box: np.ndarray        # (4,) x1, y1, x2, y2 in source pixels
+  score: float
+  landmarks: np.ndarray  # (5, 2) x, y: left eye, right eye, nose, left and right mouth corner
+  track: int = -1
+
+  @property
+  def area(self) -> float:
+    return float(max(self.box[2] - self.box[0], 0) * max(self.box[3] - self.box[1], 0))
+
+
+def pyramid_scales(height: int, width: int, min_face_size: float, factor: float) -> list[float]:
+  """Scales so that a face of min_face_size becomes P-Net's 12 px window, down to a 12 px image."""
+  scale, side, scales = 12.0 / min_face_size, min(height, width) * 12.0 / min_face_size, []
+  while side >= 12:
+    scales.append(scale)
+    scale, side = scale * factor, side * factor
+  return scales
+
+
+def area_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """(n_out, n_in) weights of area (adaptive average) resampling along one axis."""
+  i = np.arange(n_out)
+  start = (i * n_in) // n_out
+  end = -((-(i + 1) * n_in) // n_out)
+  j = np.arange(n_in)
+  inside = (j[None] >= start[:, None]) & (j[None] < end[:, None])
+  return (inside / (end - start)[:, None]).astype(np.float32)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = 'union'
+        ) -> np.ndarray:
+  """Greedy non-maximum suppression (inclusive pixel areas, as the reference); kept indices."""
+  x1, y1, x2, y2 = boxes.T
+  area = (x2 - x1 + 1) * (y2 - y1 + 1)
+  order, keep = np.argsort(-scores, kind='stable'), []
+  while order.size:
+    i, rest = order[0], order[1:]
+    keep.append(i)
+    w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+    h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+    inter = w * h
+    denom = np.minimum(area[i], area[rest]) if method == 'min' else area[i] + area[rest] - inter
+    order = rest[inter / denom <= threshold]
+  return np.asarray(keep, np.int64)
+
+
+def _square(boxes: np.ndarray) -> np.ndarray:
+  w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+  side = np.maximum(w, h)
+  out = boxes.copy()
+  out[:, 0] += (w - side) / 2
+  out[:, 1] += (h - side) / 2
+  out[:, 2:4] = out[:, 0:2] + side[:, None]
+  return out
+
+
+def _regress(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+  w, h = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
+  return boxes[:, :4] + offsets * np.stack([w, h, w, h], 1)
+
+
+def crop_resize(frame: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+  """The box's pixels (zero outside the image) area-resampled to size x size, float32."""
+  h, w = frame.shape[:2]
+  x0, y0 = int(np.trunc(box[0])) - 1, int(np.trunc(box[1])) - 1  # the reference's 1-based boxes
+  x1, y1 = int(np.trunc(box[2])), int(np.trunc(box[3]))
+  if x1 <= x0 or y1 <= y0:
+    return np.zeros((size, size, 3), np.float32)
+  ah, aw = area_matrix(y1 - y0, size), area_matrix(x1 - x0, size)
+  # Rows/columns outside the image are zeros: drop them from the matrices instead of padding.
+  ry0, ry1, rx0, rx1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+  if ry1 <= ry0 or rx1 <= rx0:
+    return np.zeros((size, size, 3), np.float32)
+  ah, aw = ah[:, ry0 - y0:ry1 - y0], aw[:, rx0 - x0:rx1 - x0]
+  patch = frame[ry0:ry1, rx0:rx1].astype(np.float32)
+  rows = (ah @ patch.reshape(ry1 - ry0, -1)).reshape(size, rx1 - rx0, 3)
+  return np.einsum('jw,iwc->ijc', aw, rows)
+
+
+def _bucket(n: int) -> int:
+  return max(8, 1 << (n - 1).bit_length())
+
+
+class Detector:
+  """MTCNN on batches of same-sized RGB uint8 frames; `detect(frames)` → a list of faces per frame."""
+
+  def __init__(self, min_face_size: float = 20, factor: float = 0.709,
+               thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+               nets: tuple[nnx.Module, nnx.Module, nnx.Module] | None = None):
+    self.min_face_size, self.factor, self.thresholds = min_face_size, factor, thresholds
+    pnet, rnet, onet = nets or mtcnn.pretrained()
+    self._pnet = _jitted_pyramid(pnet)
+    self._rnet, self._onet = _jitted_net(rnet), _jitted_net(onet)
+
+  @functools.lru_cache(maxsize=8)
+  def _pyramid(self, height: int, width: int):
+    scales = pyramid_scales(height, width, self.min_face_size, self.factor)
+    # The reference's resized sizes (int(n * scale + 1)) and its box mapping by the nominal scale.
+    mats = tuple((jnp.asarray(area_matrix(height, int(height * s + 1))),
+                  jnp.asarray(area_matrix(width, int(width * s + 1)))) for s in scales)
+    return scales, mats
+
+  def proposals(self, frames: np.ndarray) -> list[np.ndarray]:
+    """Stage 1: per frame, squared P-Net boxes (n, 5: x1, y1, x2, y2, score)."""
+    scales, mats = self._pyramid(*frames.shape[1:3])
+    outputs = jax.device_get(self._pnet(jnp.asarray(frames), mats)) if scales else []
+    result = []
+    for b in range(len(frames)):
+      per_scale = []
+      for scale, (offsets, prob) in zip(scales, outputs):
+        ys, xs = np.nonzero(prob[b] >= self.thresholds[0])
+        if not len(ys):
+          continue
+        cell = np.stack([xs, ys], 1).astype(np.float32)
+        boxes = np.concatenate([np.floor((2 * cell + 1) / scale), np.floor((2 * cell + 12) / scale),
+                                prob[b, ys, xs, None], offsets[b, ys, xs]], 1)
+        per_scale.append(boxes[nms(boxes[:, :4], boxes[:, 4], 0.5)])
+      if not per_scale:
+        result.append(np.zeros((0, 5), np.float32))
+        continue
+      boxes = np.concatenate(per_scale)
+      boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
+      w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+      regressed = boxes[:, :4] + boxes[:, 5:9] * np.stack([w, h, w, h], 1)
+      result.append(_square(np.concatenate([regressed, boxes[:, 4:5]], 1)))
+    return result
+
+  def _run_crops(self, net, frames, boxes_per_frame, size):
+    crops = [crop_resize(frames[b], box, size)
+             for b, boxes in enumerate(boxes_per_frame) for box in boxes]
+    if not crops:
+      return None
+    n = len(crops)
+    batch = np.zeros((_bucket(n), size, size, 3), np.float32)
+    batch[:n] = (np.stack(crops) - 127.5) / 128.0
+    return [np.asarray(o)[:n] for o in jax.device_get(net(jnp.asarray(batch)))]
+
+  @staticmethod
+  def _split(values, counts):
+    return np.split(values, np.cumsum(counts)[:-1])
+
+  def detect(self, frames: np.ndarray) -> list[list[Face]]:
+    """frames: (B, H, W, 3) uint8 RGB. Faces per frame, highest score first."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+      raise ValueError(f'expected (B, H, W, 3) RGB frames, got shape {frames.shape}')
+    stage = self.proposals(frames)
+    # Stage 2: R-Net rescoring; NMS before the regression, as the reference.
+    out = self._run_crops(self._rnet, frames, stage, 24)
+    if out is None:
+      return [[] for _ in frames]
+    refined = []
+    for boxes, offsets, score in zip(stage, *(self._split(o, [len(s) for s in stage]) for o in out)):
+      ok = score > self.thresholds[1]
+      boxes, offsets, score = boxes[ok], offsets[ok], score[ok]
+      keep = nms(boxes[:, :4], score, 0.7)
+      boxes = _regress(boxes[keep], offsets[keep])
+      refined.append(_square(np.concatenate([boxes, score[keep, None]], 1)))
+    # Stage 3: O-Net scores, landmarks and final boxes.
+    out = self._run_crops(self._onet, frames, refined, 48)
+    if out is None:
+      return [[] for _ in frames]
+    faces = []
+    counts = [len(r) for r in refined]
+    for boxes, offsets, points, score in zip(refined, *(self._split(o, counts) for o in out)):
+      ok = score > self.thresholds[2]
+      boxes, offsets, points, score = boxes[ok], offsets[ok], points[ok], score[ok]
+      w, h = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
+      px = w[:, None] * points[:, :5] + boxes[:, 0:1] - 1
+      py = h[:, None] * points[:, 5:] + boxes[:, 1:2] - 1
+      final = _regress(boxes, offsets)
+      keep = nms(final, score, 0.7, 'min')
+      faces.append([Face(final[k].astype(np.float32), float(score[k]),
+                         np.stack([px[k], py[k]], 1).astype(np.float32)) for k in keep])
+    return faces
+
+
+def _jitted_pyramid(pnet: nnx.Module):
+  graphdef, state = nnx.split(pnet)
+
+  @jax.jit
+  def run(frames, mats):
+    net = nnx.merge(graphdef, state)
+    x = frames.astype(jnp.float32)
+    outs = []
+    for ah, aw in mats:
+      y = jnp.einsum('oh,bhwc->bowc', ah, x, precision='highest')
+      y = jnp.einsum('pw,bowc->bopc', aw, y, precision='highest')
+      outs.append(net((y - 127.5) / 128.0))
+    return outs
+  return run
+
+
+def _jitted_net(net: nnx.Module):
+  graphdef, state = nnx.split(net)
+  return jax.jit(lambda x: nnx.merge(graphdef, state)(x))
+
+
+# --- alignment ---------------------------------------------------------------------------------
+
+def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+  """Least-squares similarity (rotation, uniform scale, translation) taking src points to dst
+  (Umeyama 1991); the 2x3 matrix."""
+  src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+  mu_s, mu_d = src.mean(0), dst.mean(0)
+  s, d = src - mu_s, dst - mu_d
+  cov = d.T @ s / len(src)
+  u, sig, vt = np.linalg.svd(cov)
+  sign = np.eye(2)
+  if np.linalg.det(u) * np.linalg.det(vt) < 0:
+    sign[1, 1] = -1  # a reflection is not a similarity
+  rot = u @ sign @ vt
+  scale = np.trace(np.diag(sig) @ sign) / s.var(0).sum()
+  m = np.zeros((2, 3))
+  m[:, :2] = scale * rot
+  m[:, 2] = mu_d - scale * rot @ mu_s
+  return m
+
+
+def template(size: int) -> np.ndarray:
+  """The 112x112 5-point template scaled to a size x size output."""
+  return TEMPLATE_112.astype(np.float64) * (size / 112.0)
+
+
+def align(frame: np.ndarray, landmarks: np.ndarray, size: int = 112
+          ) -> tuple[np.ndarray, np.ndarray]:
+  """The face warped onto the template: (size x size image, landmarks in the aligned image)."""
+  m = umeyama(landmarks, template(size))
+  aligned = cv2.warpAffine(frame, m, (size, size), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT)
+  points = np.asarray(landmarks, np.float64) @ m[:, :2].T + m[:, 2]
+  return aligned, points.astype(np.float32)
+
+
+# --- tracks ------------------------------------------------------------------------------------
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """IoU matrix of boxes a (n, 4) and b (m, 4)."""
+  a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+  lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+  inter = np.prod(np.clip(hi - lo, 0, None), -1)
+  area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), -1)
+  return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
+
+
+class Tracker:
+  """Links faces frame to frame by IoU with the tracks' last boxes (greedy, best overlap first);
+  a face overlapping none starts a new track. A track unseen for more than max_gap frames ends."""
+
+  def __init__(self, min_iou: float = 0.3, max_gap: int = 10):
+    self.min_iou, self.max_gap = min_iou, max_gap
+    self._last: dict[int, tuple[np.ndarray, int]] = {}  # track → (box, frame seen)
+    self._next, self._frame = 0, 0
+
+  @property
+  def num_tracks(self) -> int:
+    return self._next
+
+  def update(self, faces: list[Face]) -> list[Face]:
+    self._frame += 1
+    live = [t for t, (_, f) in self._last.items() if self._frame - f <= self.max_gap + 1]
+    overlap = (iou(np.stack([f.box for f in faces]), np.stack([self._last[t][0] for t in live]))
+               if faces and live else np.zeros((len(faces), len(live))))
+    taken_f, taken_t = set(), set()
+    for i, j in zip(*np.unravel_index(np.argsort(-overlap, axis=None), overlap.shape)):
+      if overlap[i, j] < self.min_iou:
+        break
+      if i not in taken_f and j not in taken_t:
+        faces[i].track = live[j]
+        taken_f.add(i)
+        taken_t.add(j)
+    for i, face in enumerate(faces):
+      if i not in taken_f:
+        face.track, self._next = self._next, self._next + 1
+      self._last[face.track] = (face.box, self._frame)
+    return faces
+
+
+def largest(faces: list[Face]) -> list[Face]:
+  """The one face with the largest box (none if none)."""
+  return [max(faces, key=lambda f: f.area)] if faces else []
