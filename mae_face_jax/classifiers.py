@@ -85,7 +85,9 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def _set_params(model: nnx.Module, flat: dict[str, np.ndarray], source: str) -> None:
+def set_params(model: nnx.Module, flat: dict[str, np.ndarray], source: str) -> None:
+  """Every parameter of the model from flat names (`blocks.0.attn.qkv.kernel`); ModelError naming
+  the source when one is missing or of another shape."""
   state = nnx.state(model, nnx.Param)
   params = ts.flatten(state)
   missing = sorted(set(params) - set(flat))
@@ -125,7 +127,7 @@ def from_finetune_workdir(workdir: str) -> Classifier:
   best = os.path.join(workdir, 'best')
   if not os.path.isdir(best):
     raise ModelError(f'{workdir}: a fine-tuning workdir without best/ (no evaluation finished)')
-  _set_params(model, ts.flatten(checkpointing.read_numpy(best)), best)
+  set_params(model, ts.flatten(checkpointing.read_numpy(best)), best)
   return Classifier(f'finetune {config.view}', config, (config.view,), _best_window(workdir),
                     _single_view(model))
 
@@ -158,7 +160,7 @@ def from_fusion_workdir(workdir: str) -> Classifier:
   except FileNotFoundError as e:
     raise ModelError(f'{workdir}: a fusion workdir without a checkpoint of its heads') from e
   flat |= ts.flatten(heads)
-  _set_params(model, flat, workdir)
+  set_params(model, flat, workdir)
   method, window = _fusion_choice(workdir, list(config.fusion.methods))
   graphdef, state = nnx.split(model)
 
