@@ -104,6 +104,16 @@ def set_params(model: nnx.Module, flat: dict[str, np.ndarray], source: str) -> N
   nnx.update(model, state)
 
 
+def _abstract(build: Callable[[], nnx.Module]) -> nnx.Module:
+  """The model with shapes only: `set_params` fills every parameter, so random initialisation
+  (seconds of eager ops for a ViT) is skipped; other variables are materialised."""
+  model = nnx.eval_shape(build)
+  rest = nnx.state(model, nnx.Not(nnx.Param))
+  if jax.tree.leaves(rest):
+    nnx.update(model, nnx.state(build(), nnx.Not(nnx.Param)))
+  return model
+
+
 def _single_view(model: nnx.Module) -> Callable:
   graphdef, state = nnx.split(model)
   return jax.jit(lambda x: jax.nn.softmax(
@@ -123,7 +133,7 @@ def _best_window(workdir: str) -> int:
 
 def from_finetune_workdir(workdir: str) -> Classifier:
   config = read_config(workdir)
-  model = build_vit(config.model, nnx.Rngs(0))
+  model = _abstract(lambda: build_vit(config.model, nnx.Rngs(0)))
   best = os.path.join(workdir, 'best')
   if not os.path.isdir(best):
     raise ModelError(f'{workdir}: a fine-tuning workdir without best/ (no evaluation finished)')
@@ -149,7 +159,7 @@ def _fusion_choice(workdir: str, methods: list[str]) -> tuple[str, int]:
 
 def from_fusion_workdir(workdir: str) -> Classifier:
   config = read_config(workdir)
-  model = build_model(config)
+  model = _abstract(lambda: build_model(config))
   flat = {}
   for prefix, path in (('face_encoder', config.face_workdir),
                        ('region_encoder', config.region_workdir)):

@@ -132,9 +132,7 @@ class Detector:
                thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
                nets: tuple[nnx.Module, nnx.Module, nnx.Module] | None = None):
     self.min_face_size, self.factor, self.thresholds = min_face_size, factor, thresholds
-    pnet, rnet, onet = nets or mtcnn.pretrained()
-    self._pnet = _jitted_pyramid(pnet)
-    self._rnet, self._onet = _jitted_net(rnet), _jitted_net(onet)
+    self._pnet, self._rnet, self._onet = (nnx.split(n) for n in nets or mtcnn.pretrained())
 
   @functools.lru_cache(maxsize=8)
   def _pyramid(self, height: int, width: int):
@@ -147,7 +145,9 @@ class Detector:
   def proposals(self, frames: np.ndarray) -> list[np.ndarray]:
     """Stage 1: per frame, squared P-Net boxes (n, 5: x1, y1, x2, y2, score)."""
     scales, mats = self._pyramid(*frames.shape[1:3])
-    outputs = jax.device_get(self._pnet(jnp.asarray(frames), mats)) if scales else []
+    if not scales:
+      return [np.zeros((0, 5), np.float32) for _ in frames]
+    outputs = jax.device_get(_pyramid_pnet(*self._pnet, jnp.asarray(frames), mats))
     result = []
     for b in range(len(frames)):
       per_scale = []
@@ -176,7 +176,7 @@ class Detector:
     n = sum(len(p) for p in parts)
     batch = np.zeros((_bucket(n), size, size, 3), np.float32)
     batch[:n] = (np.concatenate(parts) - 127.5) / 128.0
-    return [np.asarray(o)[:n] for o in jax.device_get(net(jnp.asarray(batch)))]
+    return [np.asarray(o)[:n] for o in jax.device_get(_apply(*net, jnp.asarray(batch)))]
 
   @staticmethod
   def _split(values, counts):
@@ -219,25 +219,23 @@ class Detector:
     return faces
 
 
-def _jitted_pyramid(pnet: nnx.Module):
-  graphdef, state = nnx.split(pnet)
-
-  @jax.jit
-  def run(frames, mats):
-    net = nnx.merge(graphdef, state)
-    x = frames.astype(jnp.float32)
-    outs = []
-    for ah, aw in mats:
-      y = jnp.einsum('oh,bhwc->bowc', ah, x, precision='highest')
-      y = jnp.einsum('pw,bowc->bopc', aw, y, precision='highest')
-      outs.append(net((y - 127.5) / 128.0))
-    return outs
-  return run
+@functools.partial(jax.jit, static_argnums=0)
+def _pyramid_pnet(graphdef, state, frames, mats):
+  """P-Net on every level of the pyramid of a batch of frames (weights as arguments, not
+  constants: compiling is faster, and every Detector shares the compiled function)."""
+  net = nnx.merge(graphdef, state)
+  x = frames.astype(jnp.float32)
+  outs = []
+  for ah, aw in mats:
+    y = jnp.einsum('oh,bhwc->bowc', ah, x, precision='highest')
+    y = jnp.einsum('pw,bowc->bopc', aw, y, precision='highest')
+    outs.append(net((y - 127.5) / 128.0))
+  return outs
 
 
-def _jitted_net(net: nnx.Module):
-  graphdef, state = nnx.split(net)
-  return jax.jit(lambda x: nnx.merge(graphdef, state)(x))
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(graphdef, state, x):
+  return nnx.merge(graphdef, state)(x)
 
 
 # --- alignment ---------------------------------------------------------------------------------

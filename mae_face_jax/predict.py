@@ -205,18 +205,20 @@ def _annotate(source: media.Source, path: str, rate: float, labels: dict) -> Non
     writer.release()
 
 
-def predict(input_path: str, model_path: str, output_dir: str, options: Options = Options(),
+def predict(input_path: str, model: object, output_dir: str, options: Options = Options(),
             annotated_video: bool = False, config: object = None,
             detector: faces_lib.Detector | None = None) -> dict:
   """Writes output_dir/predictions.csv, timelines/<video>_<track>.png and, with annotated_video,
-  <video>_annotated.mp4. Returns counts: inputs, failed, frames, faces, frames_without_face."""
+  <video>_annotated.mp4; `model` is a path (`classifiers.load`) or a loaded Classifier. Returns
+  counts: inputs, failed, frames, faces, frames_without_face."""
   from mae_face_jax import classifiers  # pylint: disable=import-outside-toplevel
   from mae_face_jax.metrics import EXPR_CLASSES  # pylint: disable=import-outside-toplevel
-  classifier = classifiers.load(model_path, config)
+  classifier = (model if isinstance(model, classifiers.Classifier)
+                else classifiers.load(model, config))
   sources = media.sources(input_path)
   detector = detector or make_detector(options)
   os.makedirs(os.path.join(output_dir, 'timelines'), exist_ok=True)
-  print(f'model: {classifier.name} ({model_path}), smoothing window {classifier.window}')
+  print(f'model: {classifier.name}, smoothing window {classifier.window}')
   summary = {'inputs': len(sources), 'failed': [], 'frames': 0, 'faces': 0,
              'frames_without_face': 0, 'model': classifier.name, 'window': classifier.window}
   with open(os.path.join(output_dir, 'predictions.csv'), 'w') as table:

@@ -12,6 +12,7 @@ original Caffe nets' transposed layout, so R- and O-Net flatten their last featu
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 
 import jax
@@ -146,17 +147,16 @@ def load_weights(net: nnx.Module, name: str) -> nnx.Module:
     else:
       params = [layer.kernel, layer.bias]
     for p in params:
-      w = next(arrays)
-      if w.size != p[...].size:
-        raise ValueError(f'{name}.{layer_name}: stored shape {w.shape} != {p[...].shape}')
-      p.set_value(jnp.asarray(w.reshape(p[...].shape)))
+      w, shape = next(arrays), tuple(p.get_value().shape)
+      if w.size != math.prod(shape):
+        raise ValueError(f'{name}.{layer_name}: stored shape {w.shape} != {shape}')
+      p.set_value(jnp.asarray(w.reshape(shape)))
   if next(arrays, None) is not None:
     raise ValueError(f'{name}: the weight file holds more arrays than the net has parameters')
   return net
 
 
 def pretrained() -> tuple[PNet, RNet, ONet]:
-  """The three nets with the wheel's weights."""
-  rngs = nnx.Rngs(0)
-  return (load_weights(PNet(rngs), 'pnet'), load_weights(RNet(rngs), 'rnet'),
-          load_weights(ONet(rngs), 'onet'))
+  """The three nets with the wheel's weights (built abstract: no random initialisation to run)."""
+  return tuple(load_weights(nnx.eval_shape(lambda c=cls: c(nnx.Rngs(0))), name)
+               for cls, name in ((PNet, 'pnet'), (RNet, 'rnet'), (ONet, 'onet')))
