@@ -49,7 +49,7 @@ class Classifier:
   apply: Callable[..., jax.Array]  # normalised views → probabilities
 
   def views_of(self, face: np.ndarray, points: np.ndarray | None) -> list[np.ndarray]:
-    """One aligned face (and its landmarks there, or None for the template) → the model's inputs."""
+    """An aligned face (and its landmarks there, None: the template) → the model's inputs."""
     d = self.config.data
     resize = transforms.ResizeCenterCrop(self.config.model.img_size, d.crop_pct)
     crop = lambda image: resize.map({'image': image})['image']

@@ -1,10 +1,12 @@
 """Faces in raw frames: MTCNN detection → 5 landmarks → similarity alignment → tracks.
 
-Detection follows the reference MTCNN cascade: P-Net over an image pyramid (scales 12 / min_face ·
-factor^k), per-scale NMS (IoU 0.5), NMS across scales (0.7), box regression, squaring; R-Net on 24x24
-crops (threshold, NMS 0.7, regression, squaring); O-Net on 48x48 crops (threshold, landmarks relative
-to the box, regression, NMS 0.7 with the 'min' overlap). Image resampling is area averaging (the
-pyramid and the crops alike); crops reaching outside the image are zero-padded.
+Detection follows the reference MTCNN cascade: P-Net over an image pyramid (scales
+12 / min_face · factor^k), per-scale NMS (IoU 0.5), NMS across scales (0.7), box regression,
+squaring; R-Net on 24x24 crops (threshold, NMS 0.7, regression, squaring); O-Net on 48x48 crops
+(threshold, landmarks relative to the box, regression, NMS 0.7 with the 'min' overlap). Image
+resampling is area averaging (the pyramid and the crops alike); crops reaching outside the image
+are zero-padded. Where reference ports differ in an arbitrary detail (the pyramid's rounding, the
+resampling), this follows facenet-pytorch's MTCNN, the reference the tests compare against.
 
 The pyramid and P-Net run jitted over a batch of frames; the pyramid is a pair of averaging matrices
 per scale, fixed by the frame size, so a video compiles once. R- and O-Net run on all crops of the
@@ -47,15 +49,17 @@ def pyramid_scales(height: int, width: int, min_face_size: float, factor: float)
   return scales
 
 
-@functools.lru_cache(maxsize=4096)
-def area_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """(n_out, n_in) weights of area (adaptive average) resampling along one axis."""
+def area_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+  """Area (adaptive average) resampling along one axis as K taps: output i is
+  Σ_k weight[k, i] · input[index[k, i]], cell i averaging input [i n_in / n_out,
+  ceil((i + 1) n_in / n_out)). Both (K, n_out); unused taps have weight 0."""
   i = np.arange(n_out)
   start = (i * n_in) // n_out
   end = -((-(i + 1) * n_in) // n_out)
-  j = np.arange(n_in)
-  inside = (j[None] >= start[:, None]) & (j[None] < end[:, None])
-  return (inside / (end - start)[:, None]).astype(np.float32)
+  k = np.arange((end - start).max())[:, None]
+  index = np.minimum(start + k, n_in - 1)
+  weight = np.where(start + k < end, 1.0 / (end - start), 0.0)
+  return index.astype(np.int32), weight.astype(np.float32)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = 'union'
@@ -91,7 +95,7 @@ def _regress(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 
 def integral_image(frame: np.ndarray) -> np.ndarray:
-  """(H + 1, W + 1, C) exact integer running sums over rows and columns (a zero first row/column)."""
+  """(H + 1, W + 1, C) exact integer running sums over rows and columns (zero first row, column)."""
   out = np.zeros((frame.shape[0] + 1, frame.shape[1] + 1, frame.shape[2]), np.int64)
   np.cumsum(np.cumsum(frame, 0, dtype=np.int64), 1, out=out[1:, 1:])
   return out
@@ -126,7 +130,7 @@ def _bucket(n: int) -> int:
 
 
 class Detector:
-  """MTCNN on batches of same-sized RGB uint8 frames; `detect(frames)` → a list of faces per frame."""
+  """MTCNN on batches of same-sized RGB uint8 frames; `detect(frames)` → faces per frame."""
 
   def __init__(self, min_face_size: float = 20, factor: float = 0.709,
                thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
@@ -138,16 +142,16 @@ class Detector:
   def _pyramid(self, height: int, width: int):
     scales = pyramid_scales(height, width, self.min_face_size, self.factor)
     # The reference's resized sizes (int(n * scale + 1)) and its box mapping by the nominal scale.
-    mats = tuple((jnp.asarray(area_matrix(height, int(height * s + 1))),
-                  jnp.asarray(area_matrix(width, int(width * s + 1)))) for s in scales)
-    return scales, mats
+    taps = tuple((area_taps(height, int(height * s + 1)), area_taps(width, int(width * s + 1)))
+                 for s in scales)
+    return scales, jax.tree.map(jnp.asarray, taps)
 
   def proposals(self, frames: np.ndarray) -> list[np.ndarray]:
     """Stage 1: per frame, squared P-Net boxes (n, 5: x1, y1, x2, y2, score)."""
-    scales, mats = self._pyramid(*frames.shape[1:3])
+    scales, taps = self._pyramid(*frames.shape[1:3])
     if not scales:
       return [np.zeros((0, 5), np.float32) for _ in frames]
-    outputs = jax.device_get(_pyramid_pnet(*self._pnet, jnp.asarray(frames), mats))
+    outputs = jax.device_get(_pyramid_pnet(*self._pnet, jnp.asarray(frames), taps))
     result = []
     for b in range(len(frames)):
       per_scale = []
@@ -194,7 +198,8 @@ class Detector:
     if out is None:
       return [[] for _ in frames]
     refined = []
-    for boxes, offsets, score in zip(stage, *(self._split(o, [len(s) for s in stage]) for o in out)):
+    counts = [len(s) for s in stage]
+    for boxes, offsets, score in zip(stage, *(self._split(o, counts) for o in out)):
       ok = score > self.thresholds[1]
       boxes, offsets, score = boxes[ok], offsets[ok], score[ok]
       keep = nms(boxes[:, :4], score, 0.7)
@@ -219,16 +224,23 @@ class Detector:
     return faces
 
 
+def _resample(x, index, weight, axis: int):
+  """Area resampling of x along axis with `area_taps` (a few taps: cheaper than a dense matrix)."""
+  shape = [1] * x.ndim
+  shape[axis] = -1
+  return sum(jnp.take(x, index[k], axis=axis) * weight[k].reshape(shape)
+             for k in range(index.shape[0]))
+
+
 @functools.partial(jax.jit, static_argnums=0)
-def _pyramid_pnet(graphdef, state, frames, mats):
+def _pyramid_pnet(graphdef, state, frames, taps):
   """P-Net on every level of the pyramid of a batch of frames (weights as arguments, not
   constants: compiling is faster, and every Detector shares the compiled function)."""
   net = nnx.merge(graphdef, state)
   x = frames.astype(jnp.float32)
   outs = []
-  for ah, aw in mats:
-    y = jnp.einsum('oh,bhwc->bowc', ah, x, precision='highest')
-    y = jnp.einsum('pw,bowc->bopc', aw, y, precision='highest')
+  for (rows, row_w), (cols, col_w) in taps:
+    y = _resample(_resample(x, rows, row_w, 1), cols, col_w, 2)
     outs.append(net((y - 127.5) / 128.0))
   return outs
 

@@ -1,9 +1,9 @@
 """Raw inputs for inference: a video file, an image, or a folder of them → RGB frames in batches.
 
-A video is read with OpenCV (FFmpeg); an image is a one-frame video. Frames are numbered from 1, as
-the ABAW layout numbers them. Problems name the file: an unreadable or empty video or image raises
-`MediaError`; a video that stops before its announced length is reported (a corrupt frame mid-stream)
-and what was read so far is kept.
+A video is read with OpenCV (FFmpeg); an image is a one-frame video. Frames are numbered from 1,
+as the ABAW layout numbers them. Problems name the file: an unreadable or empty video or image
+raises `MediaError`; a video that stops before its announced length is reported (a corrupt frame
+mid-stream) and what was read so far is kept.
 """
 
 from __future__ import annotations

@@ -106,10 +106,12 @@ def _merge_single_track(root: str, name: str, tracks: set[int]) -> None:
   if len(tracks) != 1:
     return
   src, dst = _track_dir(root, name, next(iter(tracks))), os.path.join(root, name)
-  if os.path.exists(dst):
-    log.warning('%s exists already: the crops stay in %s', dst, src)
-  else:
+  if not os.path.exists(dst):
     os.replace(src, dst)
+    return
+  for f in os.listdir(src):  # a previous run's folder: this run's frames replace its frames
+    os.replace(os.path.join(src, f), os.path.join(dst, f))
+  os.rmdir(src)
 
 
 def align(input_path: str, output_dir: str, options: Options = Options(),

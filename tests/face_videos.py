@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 from skimage import data
 
-# The reference MTCNN's landmarks on data.astronaut() (x, y): left eye, right eye, nose, mouth corners.
+# The reference MTCNN's landmarks on data.astronaut() (x, y): eyes, nose, mouth corners.
 ASTRONAUT_POINTS = np.array([[205.01, 101.73], [246.76, 103.71], [224.67, 128.96],
                              [201.72, 139.25], [245.27, 141.86]])
 _HEAD = (140, 30, 315, 215)  # x0, y0, x1, y1 of the pasted region of the photo

@@ -72,7 +72,7 @@ def test_aligned_crops_match_the_template(one_face_video, one_face_results):
     assert crop.shape == (112, 112, 3)
     np.testing.assert_allclose(points, faces.template(112), atol=7)
     m = faces.umeyama(fs[0].landmarks, faces.template(112))
-    true_in_crop = t @ m[:, :2].T + m[:, 2]  # the true points land where a perfect alignment puts them
+    true_in_crop = t @ m[:, :2].T + m[:, 2]  # where a perfect alignment puts the true points
     assert np.abs(true_in_crop - expected_points).max() < 3
     # The face's inner part (eyes to mouth) correlates with the reference crop pixel by pixel.
     inner = (slice(40, 100), slice(30, 82))

@@ -1,5 +1,5 @@
-"""MTCNN nets and cascade against the reference (facenet-pytorch's MTCNN, installed for tests), which
-ships the same three nets as the `mtcnn` wheel our weights come from."""
+"""MTCNN nets and cascade against the reference (facenet-pytorch's MTCNN, installed for tests),
+which ships the same three nets as the `mtcnn` wheel our weights come from."""
 
 import numpy as np
 import pytest
@@ -18,7 +18,7 @@ def nets():
 
 
 def test_weights_are_the_references(nets):
-  """Same numbers as the reference's .pt files: conv HWIO = OIHW transposed (x and y not swapped)."""
+  """Same numbers as the reference's .pt files: HWIO = OIHW transposed, x and y not swapped."""
   for name, ref in zip(('pnet', 'rnet', 'onet'), (reference.PNet(), reference.RNet(),
                                                    reference.ONet())):
     ours = mtcnn.read_weights(name)

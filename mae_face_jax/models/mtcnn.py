@@ -32,7 +32,7 @@ class PReLU(nnx.Module):
 
 
 def max_pool_ceil(x, window: int, stride: int):
-  """Max pooling whose last window may hang over the edge (Caffe's ceil mode, Keras' 'same' here)."""
+  """Max pooling whose last window may hang over the edge (Caffe's ceil mode; Keras' 'same')."""
   pads = []
   for n in x.shape[1:3]:
     out = -(-(n - window) // stride) + 1
@@ -109,7 +109,7 @@ class ONet(nnx.Module):
     return self.fc6_1(x), self.fc6_2(x), jax.nn.softmax(self.fc6_3(x))[..., 1]
 
 
-# Each net's layers in the order of its Keras weight list (kernel, bias per conv/dense; alpha per PReLU).
+# Each net's layers in the order of its Keras weight list (kernel, bias; a PReLU's alpha).
 _ORDER = {
     'pnet': ('conv1', 'prelu1', 'conv2', 'prelu2', 'conv3', 'prelu3', 'conv4_1', 'conv4_2'),
     'rnet': ('conv1', 'prelu1', 'conv2', 'prelu2', 'conv3', 'prelu3', 'fc4', 'prelu4', 'fc5_1',
