@@ -51,7 +51,7 @@ def test_faces_found_with_landmarks_near_the_truth(one_face_video, one_face_resu
   assert hits >= 0.95 * N_FACE, f'faces found in {hits} of {N_FACE} frames'
   assert all(not fs for fs in found[N_FACE:]), 'a face reported in a frame without one'
   # Landmark error in units of the true inter-ocular distance (25 to 45 px here). Measured on this
-  # video: mean 0.04, max 0.08.
+  # video: mean 0.047, max 0.099.
   errors = [np.linalg.norm(fs[0].landmarks - t, axis=1).max() / np.linalg.norm(t[1] - t[0])
             for fs, t in zip(found[:N_FACE], truth) if fs]
   assert np.mean(errors) < 0.06 and np.max(errors) < 0.12, errors
