@@ -114,46 +114,67 @@ def _merge_single_track(root: str, name: str, tracks: set[int]) -> None:
   os.rmdir(src)
 
 
+def aligned_faces(source: media.Source, detector: faces_lib.Detector, options: Options,
+                  summary: dict) -> Iterator[tuple[int, faces_lib.Face, np.ndarray, np.ndarray]]:
+  """(frame number, face, aligned crop, landmarks in the crop) for every face of the source;
+  counts frames and frames without a face into summary; prints progress."""
+  progress = Progress(source.name, media.frame_count(source))
+  try:
+    for number, frame, found in tracked_faces(source, detector, options, progress):
+      summary['frames'] += 1
+      summary['frames_without_face'] += not found
+      for face in found:
+        crop, points = faces_lib.align(frame, face.landmarks, options.size)
+        yield number, face, crop, points
+  finally:
+    progress.update(0, final=True)
+
+
+def for_each_source(input_path: str, summary: dict, work) -> None:
+  """work(source) for every input; with several inputs, one that cannot be read is named in the
+  log and in summary['failed'], and the others go on (only all failing is an error)."""
+  sources = media.sources(input_path)
+  summary.update(inputs=len(sources), failed=[], frames=0, faces=0, frames_without_face=0)
+  for source in sources:
+    try:
+      work(source)
+    except media.MediaError as e:
+      if len(sources) == 1:
+        raise
+      log.error('%s; skipped', e)
+      summary['failed'].append(source.path)
+  if len(summary['failed']) == len(sources):
+    raise media.MediaError(f'{input_path}: none of its {len(sources)} inputs could be read')
+
+
 def align(input_path: str, output_dir: str, options: Options = Options(),
           detector: faces_lib.Detector | None = None) -> dict:
   """Writes output_dir/cropped_aligned/<video>[_<track>]/<frame:05d>.jpg and landmarks.csv.
   Returns counts: inputs, failed (their paths), frames, faces, frames_without_face."""
-  sources = media.sources(input_path)
   detector = detector or make_detector(options)
   crops_root = os.path.join(output_dir, 'cropped_aligned')
   os.makedirs(crops_root, exist_ok=True)
-  summary = {'inputs': len(sources), 'failed': [], 'frames': 0, 'faces': 0,
-             'frames_without_face': 0}
+  summary: dict = {}
   with open(os.path.join(output_dir, 'landmarks.csv'), 'w') as table:
     table.write(LANDMARK_HEADER + '\n')
-    for source in sources:
-      progress = Progress(source.name, media.frame_count(source))
+
+    def work(source: media.Source) -> None:
       tracks: set[int] = set()
       try:
-        for number, frame, found in tracked_faces(source, detector, options, progress):
-          summary['frames'] += 1
-          summary['frames_without_face'] += not found
-          for face in found:
-            crop, _ = faces_lib.align(frame, face.landmarks, options.size)
-            folder = _track_dir(crops_root, source.name, face.track)
-            if face.track not in tracks:
-              os.makedirs(folder, exist_ok=True)
-              tracks.add(face.track)
-            cv2.imwrite(os.path.join(folder, f'{number:05d}.jpg'),
-                        cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
-            table.write(_landmark_row(source.name, number, face) + '\n')
-            summary['faces'] += 1
+        for number, face, crop, _ in aligned_faces(source, detector, options, summary):
+          folder = _track_dir(crops_root, source.name, face.track)
+          if face.track not in tracks:
+            os.makedirs(folder, exist_ok=True)
+            tracks.add(face.track)
+          cv2.imwrite(os.path.join(folder, f'{number:05d}.jpg'),
+                      cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+          table.write(_landmark_row(source.name, number, face) + '\n')
+          summary['faces'] += 1
           table.flush()
-      except media.MediaError as e:
-        if len(sources) == 1:
-          raise
-        log.error('%s; skipped', e)
-        summary['failed'].append(source.path)
       finally:
-        progress.update(0, final=True)
         _merge_single_track(crops_root, source.name, tracks)
-  if summary['failed'] and len(summary['failed']) == len(sources):
-    raise media.MediaError(f'{input_path}: none of its {len(sources)} inputs could be read')
+
+    for_each_source(input_path, summary, work)
   return summary
 
 
@@ -217,44 +238,26 @@ def predict(input_path: str, model: object, output_dir: str, options: Options = 
   from mae_face_jax.metrics import EXPR_CLASSES  # pylint: disable=import-outside-toplevel
   classifier = (model if isinstance(model, classifiers.Classifier)
                 else classifiers.load(model, config))
-  sources = media.sources(input_path)
   detector = detector or make_detector(options)
   os.makedirs(os.path.join(output_dir, 'timelines'), exist_ok=True)
   print(f'model: {classifier.name}, smoothing window {classifier.window}')
-  summary = {'inputs': len(sources), 'failed': [], 'frames': 0, 'faces': 0,
-             'frames_without_face': 0, 'model': classifier.name, 'window': classifier.window}
+  summary: dict = {}
   with open(os.path.join(output_dir, 'predictions.csv'), 'w') as table:
     table.write(_prediction_header() + '\n')
-    for source in sources:
+
+    def work(source: media.Source) -> None:
       rate = media.fps(source)
-      progress = Progress(source.name, media.frame_count(source))
-      rows, crops, points = [], [], []
-      try:
-        for number, frame, found in tracked_faces(source, detector, options, progress):
-          summary['frames'] += 1
-          summary['frames_without_face'] += not found
-          for face in found:
-            crop, pts = faces_lib.align(frame, face.landmarks, options.size)
-            crops.append(crop)
-            points.append(pts)
-            rows.append((number, face))
-      except media.MediaError as e:
-        if len(sources) == 1:
-          raise
-        log.error('%s; skipped', e)
-        summary['failed'].append(source.path)
-        continue
-      finally:
-        progress.update(0, final=True)
-      if not rows:
+      found = list(aligned_faces(source, detector, options, summary))
+      if not found:
         log.warning('%s: no face in any frame', source.path)
-        continue
-      probs = classifier(np.stack(crops), np.stack(points))
-      numbers = np.array([n for n, _ in rows])
-      tracks = np.array([f.track for _, f in rows])
+        return
+      numbers = np.array([n for n, _, _, _ in found])
+      tracks = np.array([f.track for _, f, _, _ in found])
+      probs = classifier(np.stack([c for _, _, c, _ in found]),
+                         np.stack([p for _, _, _, p in found]))
       smoothed = smoothing_per_track(probs, tracks, numbers, classifier.window)
       drawn: dict[int, list] = {}
-      for (number, face), p, s in zip(rows, probs, smoothed):
+      for (number, face, _, _), p, s in zip(found, probs, smoothed):
         raw, smooth = EXPR_CLASSES[int(p.argmax())], EXPR_CLASSES[int(s.argmax())]
         time_s = (number - 1) / rate if rate else 0.0
         table.write(f'{source.name},{number},{time_s:.3f},{face.track},'
@@ -262,16 +265,16 @@ def predict(input_path: str, model: object, output_dir: str, options: Options = 
                     + ','.join(f'{v:.6g}' for v in p) + '\n')
         drawn.setdefault(number, []).append((face.box, face.track, smooth))
       table.flush()
-      summary['faces'] += len(rows)
+      summary['faces'] += len(found)
       for track in np.unique(tracks):
         sel = tracks == track
         plot_track(os.path.join(output_dir, 'timelines', f'{source.name}_{track}.png'),
                    f'{source.name}, track {track}', numbers[sel], probs[sel], smoothed[sel])
       if annotated_video and source.is_video:
         _annotate(source, os.path.join(output_dir, f'{source.name}_annotated.mp4'), rate, drawn)
-  if summary['failed'] and len(summary['failed']) == len(sources):
-    raise media.MediaError(f'{input_path}: none of its {len(sources)} inputs could be read')
-  return summary
+
+    for_each_source(input_path, summary, work)
+  return summary | {'model': classifier.name, 'window': classifier.window}
 
 
 def smoothing_per_track(probs: np.ndarray, tracks: np.ndarray, frames: np.ndarray, window: int
