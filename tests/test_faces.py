@@ -117,7 +117,7 @@ def test_align_writes_the_abaw_layout(tmp_path, one_face_video, one_face_results
   np.testing.assert_allclose([float(x) for x in rows[1][8:]], first.landmarks.ravel(), atol=1e-3)
 
 
-def test_bad_inputs_name_the_file(tmp_path, one_face_video, detector):
+def test_bad_inputs_name_the_file(tmp_path, one_face_video, detector, caplog):
   empty = tmp_path / 'empty.mp4'
   empty.write_bytes(b'')
   with pytest.raises(media.MediaError, match='empty.mp4'):
@@ -129,6 +129,16 @@ def test_bad_inputs_name_the_file(tmp_path, one_face_video, detector):
   summary = predict.align(str(folder), str(tmp_path / 'out2'), detector=detector)
   assert summary['failed'] == [str(folder / 'broken.jpg')]
   assert os.listdir(tmp_path / 'out2' / 'cropped_aligned' / 'photo') == ['00001.jpg']
+  # A video cut short (a corrupt frame mid-stream): the frames before it are kept, the file named.
+  video, _ = one_face_video
+  cut = tmp_path / 'cut.avi'
+  data_bytes = open(video, 'rb').read()
+  cut.write_bytes(data_bytes[:len(data_bytes) // 2])
+  summary = predict.align(str(cut), str(tmp_path / 'out4'), predict.Options(largest_face=True),
+                          detector=detector)
+  assert 0 < summary['frames'] < N_FACE + N_EMPTY
+  assert len(os.listdir(tmp_path / 'out4' / 'cropped_aligned' / 'cut')) == summary['faces'] > 0
+  assert any('cut.avi: decoding stopped at frame' in r.getMessage() for r in caplog.records)
   nothing = tmp_path / 'nothing'
   nothing.mkdir()
   (nothing / 'notes.txt').write_text('x')
