@@ -105,12 +105,14 @@ def set_params(model: nnx.Module, flat: dict[str, np.ndarray], source: str) -> N
 
 
 def _abstract(build: Callable[[], nnx.Module]) -> nnx.Module:
-  """The model with shapes only: `set_params` fills every parameter, so random initialisation
-  (seconds of eager ops for a ViT) is skipped; other variables are materialised."""
+  """The model without initialising its parameters (`set_params` fills every one; eager random
+  initialisation of a ViT takes seconds); its other variables are made for real."""
   model = nnx.eval_shape(build)
   rest = nnx.state(model, nnx.Not(nnx.Param))
-  if jax.tree.leaves(rest):
-    nnx.update(model, nnx.state(build(), nnx.Not(nnx.Param)))
+  if jax.tree.leaves(rest):  # RNG keys, constant masks: jitted, so the unused inits are dropped
+    values = jax.jit(lambda: nnx.to_pure_dict(nnx.state(build(), nnx.Not(nnx.Param))))()
+    nnx.replace_by_pure_dict(rest, values)
+    nnx.update(model, rest)
   return model
 
 
