@@ -10,7 +10,8 @@ resampling), this follows facenet-pytorch's MTCNN, the reference the tests compa
 
 The pyramid and P-Net run jitted over a batch of frames; the pyramid is a pair of averaging matrices
 per scale, fixed by the frame size, so a video compiles once. R- and O-Net run on all crops of the
-batch at once, padded to a power of two. Box bookkeeping (thresholds, NMS) is numpy on the host.
+batch at once, padded to a power of two. Box bookkeeping (thresholds, NMS) and the crops' area
+resampling (from each frame's integral image) are numpy on the host.
 """
 
 from __future__ import annotations

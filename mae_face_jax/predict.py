@@ -25,6 +25,7 @@ from mae_face_jax import media, observe
 log = logging.getLogger(__name__)
 LANDMARK_HEADER = ('video,frame,track,score,x1,y1,x2,y2,'
                    + ','.join(f'lx{i},ly{i}' for i in range(1, 6)))
+_CLASSIFY_EVERY = 256  # aligned faces per classifier call in predict
 _PAD = 64  # photos are zero-padded (right, bottom) to a multiple of this: fewer compiled sizes
 
 
@@ -247,17 +248,24 @@ def predict(input_path: str, model: object, output_dir: str, options: Options = 
 
     def work(source: media.Source) -> None:
       rate = media.fps(source)
-      found = list(aligned_faces(source, detector, options, summary))
+      found, probs, pending = [], [], []  # crops are classified as they come: memory stays flat
+      for number, face, crop, points in aligned_faces(source, detector, options, summary):
+        found.append((number, face))
+        pending.append((crop, points))
+        if len(pending) == _CLASSIFY_EVERY:
+          probs.append(classifier(*map(np.stack, zip(*pending))))
+          pending = []
+      if pending:
+        probs.append(classifier(*map(np.stack, zip(*pending))))
       if not found:
         log.warning('%s: no face in any frame', source.path)
         return
-      numbers = np.array([n for n, _, _, _ in found])
-      tracks = np.array([f.track for _, f, _, _ in found])
-      probs = classifier(np.stack([c for _, _, c, _ in found]),
-                         np.stack([p for _, _, _, p in found]))
+      probs = np.concatenate(probs)
+      numbers = np.array([n for n, _ in found])
+      tracks = np.array([f.track for _, f in found])
       smoothed = smoothing_per_track(probs, tracks, numbers, classifier.window)
       drawn: dict[int, list] = {}
-      for (number, face, _, _), p, s in zip(found, probs, smoothed):
+      for (number, face), p, s in zip(found, probs, smoothed):
         raw, smooth = EXPR_CLASSES[int(p.argmax())], EXPR_CLASSES[int(s.argmax())]
         time_s = (number - 1) / rate if rate else 0.0
         table.write(f'{source.name},{number},{time_s:.3f},{face.track},'
