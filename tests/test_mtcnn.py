@@ -18,17 +18,17 @@ def nets():
 
 
 def test_weights_are_the_references(nets):
-  """Same numbers as the reference's .pt files: HWIO = OIHW transposed, x and y not swapped."""
+  """Every stored array equals one of the reference's .pt tensors in our layout: conv kernels
+  HWIO = OIHW transposed (x and y not swapped), dense kernels transposed, PReLU alphas flat."""
+  to_ours = {4: lambda v: v.transpose(2, 3, 1, 0), 2: lambda v: v.T, 1: lambda v: v}
   for name, ref in zip(('pnet', 'rnet', 'onet'), (reference.PNet(), reference.RNet(),
                                                    reference.ONet())):
+    theirs = [to_ours[v.ndim](v.numpy()) for v in ref.state_dict().values()]
     ours = mtcnn.read_weights(name)
-    theirs = sorted((v.numpy() for v in ref.state_dict().values()), key=lambda v: v.size)
-    assert sorted(w.size for w in ours) == [v.size for v in theirs]
-    convs = [v for v in ref.state_dict().values() if v.ndim == 4]
-    for w, v in zip([w for w in ours if w.ndim == 4], convs):
-      if w.shape[-1] != v.shape[0]:  # P-Net lists its two heads in the other order
-        continue
-      np.testing.assert_array_equal(w, v.numpy().transpose(2, 3, 1, 0))
+    assert len(ours) == len(theirs)
+    for w in ours:
+      w = w.reshape(-1) if w.ndim == 3 else w  # PReLU alphas (1, 1, C)
+      assert any(v.shape == w.shape and np.array_equal(v, w) for v in theirs), (name, w.shape)
 
 
 @pytest.mark.parametrize('index,shape', [(0, (2, 37, 53, 3)), (1, (6, 24, 24, 3)),
