@@ -59,10 +59,6 @@ class Progress:
     self.stream.write(f'{self.name}: frame {self.done}{of} | {rate:.2f} frames/s{eta}\n')
     self.stream.flush()
 
-  @property
-  def frames_per_s(self) -> float:
-    return self.done / max(time.perf_counter() - self.start, 1e-9)
-
 
 def tracked_faces(source: media.Source, detector: faces_lib.Detector, options: Options,
                   progress: Progress | None = None
