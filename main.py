@@ -4,6 +4,9 @@ Modes:
   train         run the program the config names (`config.program`); the default
   import_torch  PyTorch/timm/MAE checkpoint (--torch_checkpoint) → Orbax parameters in DIR/params
   export_torch  Orbax parameters in DIR/params → timm-style state dict at --torch_checkpoint
+  align         faces of --input (video, image, folder) → --output/cropped_aligned + landmarks.csv
+  predict       expressions of --input's faces with --model → --output/predictions.csv, timelines
+  evaluate      --model on the ABAW validation split of --config's data → --output/report
 With no --config, runs the whole system on the embedded demo data (configs/demo.py).
 """
 
@@ -16,13 +19,28 @@ DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs'
 
 _CONFIG = config_flags.DEFINE_config_file('config', DEMO_CONFIG, 'Config file (a get_config() module).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, summaries and reports go.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'import_torch', 'export_torch'], 'What to do.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'import_torch', 'export_torch', 'align',
+                                            'predict', 'evaluate'], 'What to do.')
 _TORCH_CKPT = flags.DEFINE_string('torch_checkpoint', None,
                                   'PyTorch checkpoint (.pth/.safetensors) to import or export to.')
+# align / predict / evaluate
+_INPUT = flags.DEFINE_string('input', None, 'A video, an image, or a folder of them.')
+_OUTPUT = flags.DEFINE_string('output', None, 'Where align, predict and evaluate write.')
+_MODEL = flags.DEFINE_string('model', None, 'A fusion or fine-tuning workdir, a params folder of an '
+                             'imported ViT, or a timm .pth/.safetensors fine-tuned ViT.')
+_LARGEST_FACE = flags.DEFINE_bool('largest_face', False, 'Only the largest face of each frame.')
+_ANNOTATED = flags.DEFINE_bool('annotated_video', False, 'predict: also an MP4 with boxes, labels.')
+_MIN_FACE = flags.DEFINE_float('min_face_size', 20, 'Smallest face to detect, in pixels.')
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _MODE.value in ('align', 'predict', 'evaluate'):
+    from mae_face_jax import predict
+    return predict.run_mode(_MODE.value, _CONFIG.value, input_path=_INPUT.value,
+                            output=_OUTPUT.value, model=_MODEL.value,
+                            largest_face=_LARGEST_FACE.value, annotated_video=_ANNOTATED.value,
+                            min_face_size=_MIN_FACE.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value or config.get('workdir', None)
   if not workdir:

@@ -19,3 +19,14 @@ def test_mae_step_benchmark_times_both_sides():
   # the mask each draws, so they are of one size (norm-pix MSE of random images is near 1).
   losses = [float(line.rsplit('loss ', 1)[1]) for line in out.splitlines() if 'first step' in line]
   assert len(losses) == 2 and all(0.5 < x < 2.0 for x in losses), out
+
+
+def test_faces_benchmark_times_every_side():
+  res = subprocess.run([sys.executable, 'benchmarks/faces.py', '--frames', '2', '--height', '96',
+                        '--width', '128', '--batch', '2'], cwd=REPO, capture_output=True,
+                       text=True, timeout=600, env=dict(os.environ, XLA_FLAGS='',
+                                                         JAX_PLATFORMS='cpu'))
+  assert res.returncode == 0, res.stderr[-3000:]
+  for line in ('ratio = our detection / reference detection = ', 'ratio = align / decode = ',
+               'decode ', 'align (decode + detect + align + write)'):
+    assert line in res.stdout, res.stdout
