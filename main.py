@@ -3,7 +3,9 @@
 Modes:
   train         run the program the config names (`config.program`); the default
   import_torch  PyTorch/timm/MAE checkpoint (--torch_checkpoint) → Orbax parameters in DIR/params
-  export_torch  Orbax parameters in DIR/params → timm-style state dict at --torch_checkpoint
+  export_torch  Orbax parameters in DIR/params, or a training workdir DIR's (its best evaluation's
+                or last checkpoint's, with its own config) → timm-style state dict at
+                --torch_checkpoint
   align         faces of --input (video, image, folder) → --output/cropped_aligned + landmarks.csv
   predict       expressions of --input's faces with --model → --output/predictions.csv, timelines
   evaluate      --model on the ABAW validation split of --config's data → --output/report
@@ -57,8 +59,11 @@ def main(argv):
     jax.config.update('jax_compilation_cache_dir', cache)
 
   if _MODE.value in ('import_torch', 'export_torch'):
-    from mae_face_jax import checkpointing, torch_interop
+    from mae_face_jax import checkpointing, classifiers, torch_interop
+    from mae_face_jax import train_state as ts
     from mae_face_jax.models.build import build_model
+    if _MODE.value == 'export_torch' and os.path.exists(os.path.join(workdir, 'config.json')):
+      config = classifiers.read_config(workdir)  # a training workdir: export the model it trained
     if not _TORCH_CKPT.value:
       raise app.UsageError(f'--mode={_MODE.value} needs --torch_checkpoint=PATH')
     if config.program not in ('pretrain', 'finetune'):
@@ -73,9 +78,18 @@ def main(argv):
             f'missing {report.missing or "none"}; unexpected {report.unexpected or "none"}; '
             f're-initialised {report.reinitialised or "none"}')
     else:
-      checkpointing.restore_params(params_dir, model)
+      source = params_dir
+      if os.path.isdir(params_dir):
+        checkpointing.restore_params(params_dir, model)
+      elif os.path.isdir(best := os.path.join(workdir, 'best')):  # a fine-tuning run's best
+        classifiers.set_params(model, ts.flatten(checkpointing.read_numpy(best)), best)
+        source = best
+      else:  # a training run's last checkpoint
+        params, step = checkpointing.load_pretrained_params(workdir)
+        source = f'{workdir}/checkpoints/{step}'
+        classifiers.set_params(model, ts.flatten(params), source)
       torch_interop.save_torch_checkpoint(torch_interop.export_state_dict(model), _TORCH_CKPT.value)
-      print(f'exported {params_dir} to {_TORCH_CKPT.value}')
+      print(f'exported {source} to {_TORCH_CKPT.value}')
     return
 
   if config.program == 'pretrain':

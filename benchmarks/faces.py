@@ -22,8 +22,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'tests'))
-import face_videos  # pylint: disable=g-import-not-at-top
+from tests import face_videos  # pylint: disable=g-import-not-at-top
 from mae_face_jax import classifiers, media, predict  # pylint: disable=g-import-not-at-top
 
 _FRAMES = flags.DEFINE_integer('frames', 48, 'frames in the clip')

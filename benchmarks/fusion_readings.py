@@ -89,7 +89,8 @@ def reading_config(workdir: str, overrides: dict, seeds: int, methods: list[str]
 
 
 def fmt(row: dict) -> str:
-  return f'{100 * row["macro_f1"]:.2f} ± {100 * row.get("macro_f1_std", 0.0):.2f}'
+  std = row.get('macro_f1_std')
+  return f'{100 * row["macro_f1"]:.2f}' + ('' if std is None else f' ± {100 * std:.2f}')
 
 
 def main(argv):

@@ -74,10 +74,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   fu = fusion_config('eyes_mouth', SIZE, IMG)
   fu.model.update(ENCODER)
   fu.data.update(config.data)
-  fu.aux_blocks = 2                 # lower-level auxiliary features
   fu.fusion.num_heads = 3
   fu.cache_features = True          # the demo's tokens fit in memory
-  fu.class_weights = 'sqrt_inverse_frequency'  # as the face classifier each head starts from
+  fu.class_weights = 'sqrt_inverse_frequency'  # as the classifier each head starts from
   fu.batch_size = 128
   fu.eval_batch_size = 256
   fu.total_epochs = 2.0

@@ -2,7 +2,7 @@
 
 - a fusion workdir (config.json with program 'fusion'): both fine-tuned encoders (best/ of the
   fine-tuning workdirs it names), the heads of its last checkpoint, and the head and smoothing
-  window that scored best on validation (report/results.json);
+  window the fusion report chose on validation (report/best.json);
 - a fine-tuning workdir (program 'finetune'): best/ and the view it was trained on;
 - a ViT imported from PyTorch: a timm/MAE-Face fine-tuned `.pth`/`.safetensors`, or the params/
   folder `--mode=import_torch` writes, with the architecture from a finetune config.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +31,7 @@ from mae_face_jax import checkpointing, report, torch_interop
 from mae_face_jax import train_state as ts
 from mae_face_jax.images import normalize
 from mae_face_jax.models.build import build_model, build_vit
+from mae_face_jax.models.fusion import head_name
 
 WINDOWS = (1, 3, 5, 9, 15, 25, 35, 51)  # swept on a fine-tuning run's validation predictions
 
@@ -145,18 +145,14 @@ def from_finetune_workdir(workdir: str) -> Classifier:
 
 
 def _fusion_choice(workdir: str, methods: list[str]) -> tuple[str, int]:
-  """The head and window of the best smoothed validation row of the fusion report."""
-  path = os.path.join(workdir, 'report', 'results.json')
+  """The head and smoothing window the fusion report chose on validation (report/best.json);
+  without a report, the first key generator's first seed, unsmoothed."""
+  path = os.path.join(workdir, 'report', 'best.json')
   if not os.path.exists(path):
-    return methods[0], 1
+    return head_name(methods[0], 0), 1
   with open(path) as f:
-    results = json.load(f)
-  best = (-1.0, methods[0], 1)
-  for name, row in results.items():
-    match = re.fullmatch(r'fusion (\S+) \+ smoothing \(w=(\d+)\)', name)
-    if match and match[1] in methods and row['macro_f1'] > best[0]:
-      best = (row['macro_f1'], match[1], int(match[2]))
-  return best[1], best[2]
+    best = json.load(f)
+  return best['head'], int(best['window'])
 
 
 def from_fusion_workdir(workdir: str) -> Classifier:

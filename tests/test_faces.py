@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from skimage import data, transform
 
-import face_videos
+from tests import face_videos
 from mae_face_jax import faces, media, predict
 from mae_face_jax.models import mtcnn
 

@@ -10,12 +10,9 @@ import sys
 
 import numpy as np
 import pytest
-from flax import nnx
 
-import face_videos
-from mae_face_jax import checkpointing, classifiers, media, predict, torch_interop
-from mae_face_jax import train_state as ts
-from mae_face_jax.models.build import build_vit
+from tests import face_videos
+from mae_face_jax import classifiers, media, predict
 from mae_face_jax.metrics import EXPR_CLASSES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,13 +81,13 @@ def test_evaluate_reproduces_the_fine_tuning_runs_score(tmp_path, demo):
   assert results['finetune face']['macro_f1'] == pytest.approx(best['macro_f1'], abs=1e-6)
   for name in ('results.md', 'confusion_matrix.png', 'per_class_f1.png', 'f1_vs_window.png'):
     assert (tmp_path / 'workdir' / 'report' / name).exists()
-  # The same run exported as a timm state dict and scored from the .pth file.
-  config = classifiers.read_config(str(demo / 'finetune_face'))
-  model = build_vit(config.model, nnx.Rngs(1))
-  classifiers.set_params(model, ts.flatten(checkpointing.read_numpy(
-      str(demo / 'finetune_face' / 'best'))), 'best')
+  # The same run exported by --mode=export_torch as a timm state dict, scored from the .pth file.
   pth = str(tmp_path / 'exported.pth')
-  torch_interop.save_torch_checkpoint(torch_interop.export_state_dict(model), pth)
+  out = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), '--mode=export_torch',
+                        f'--workdir={demo / "finetune_face"}', f'--torch_checkpoint={pth}'],
+                       check=True, capture_output=True, text=True, cwd=tmp_path)
+  assert f'exported {demo / "finetune_face" / "best"} to {pth}' in out.stdout
+  config = classifiers.read_config(str(demo / 'finetune_face'))
   results = predict.evaluate(pth, str(tmp_path / 'torch'), config)
   assert results['torch exported.pth']['macro_f1'] == pytest.approx(best['macro_f1'], abs=1e-6)
   with pytest.raises(classifiers.ModelError, match='finetune config'):
