@@ -4,6 +4,9 @@ Modes:
   train         run the program the config names (`config.program`); the default
   import_torch  PyTorch/timm/MAE checkpoint (--torch_checkpoint) → Orbax parameters in DIR/params
   export_torch  Orbax parameters in DIR/params → timm-style state dict at --torch_checkpoint
+  aot           compile the pretraining step for a TPU --topology (e.g. v5p:4x4x4) on this machine,
+                print its memory, XLA's cost-model estimates and collectives (needs libtpu); with
+                --workdir, also the estimate as JSON and the compiled HLO there
 With no --config, runs the whole system on the embedded demo data (configs/demo.py).
 """
 
@@ -16,14 +19,22 @@ DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs'
 
 _CONFIG = config_flags.DEFINE_config_file('config', DEMO_CONFIG, 'Config file (a get_config() module).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, summaries and reports go.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'import_torch', 'export_torch'], 'What to do.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'import_torch', 'export_torch', 'aot'],
+                          'What to do.')
 _TORCH_CKPT = flags.DEFINE_string('torch_checkpoint', None,
                                   'PyTorch checkpoint (.pth/.safetensors) to import or export to.')
+_TOPOLOGY = flags.DEFINE_string('topology', None, 'TPU topology for --mode=aot, e.g. v5p:8x8x8.')
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
+  if _MODE.value == 'aot':
+    if not _TOPOLOGY.value:
+      raise app.UsageError('--mode=aot needs --topology, e.g. v5p:4x4x4')
+    from mae_face_jax import aot
+    aot.run(config, _TOPOLOGY.value, _WORKDIR.value)
+    return
   workdir = _WORKDIR.value or config.get('workdir', None)
   if not workdir:
     raise app.UsageError('--workdir is required for this config')
