@@ -1,7 +1,7 @@
 """Stage 1 on GPUs and TPUs: `--config=configs/pretrain_accel.py:<size>` (default base).
 
-bfloat16 compute with float32 master weights and optimizer state, and the backend's fused
-attention where it has one ('auto': cuDNN on NVIDIA GPUs, XLA's attention on TPU).
+bfloat16 compute with float32 master weights and optimizer state, and the backend's best attention
+('auto': cuDNN's fused kernel on NVIDIA GPUs, einsums with bf16-sized scores on TPUs).
 """
 
 import ml_collections
