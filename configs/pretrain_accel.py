@@ -1,7 +1,8 @@
 """Stage 1 on GPUs and TPUs: `--config=configs/pretrain_accel.py:<size>` (default base).
 
 bfloat16 compute with float32 master weights and optimizer state, and the backend's best attention
-('auto': cuDNN's fused kernel on NVIDIA GPUs, einsums with bf16-sized scores on TPUs).
+('auto': cuDNN's fused kernel on NVIDIA GPUs, einsums with bf16-sized scores on TPUs); large and
+huge shard parameters and optimizer state over all devices (full FSDP).
 """
 
 import ml_collections
