@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import time
 from typing import Any, NamedTuple
 
 import jax
@@ -194,7 +195,6 @@ class Estimate:
 def compile_pretrain_step(config: Any, topology: str) -> tuple[Any, Estimate]:
   """Compiles the pretraining program's step for `topology` with `config`'s mesh and model;
   returns the executable and its estimate. Raises `DoesNotFit` if XLA cannot fit it in HBM."""
-  import time
   chip, _ = chip_of(topology)
   config = config.copy_and_resolve_references()  # the choices below are the TPU's, not this host's
   config.model.attention_impl = resolve_attention_impl(config.model.attention_impl, 'tpu')

@@ -79,6 +79,15 @@ def test_remat_recomputes_in_the_tpu_program(estimates):
   assert remat.model_flops == plain.model_flops
 
 
+def test_a_step_that_does_not_fit_says_so(capsys):
+  config = tiny_config(16, 1)
+  config.batch_size = 2**22  # 0.75 GiB of images and tens of GiB of activations a v5e chip
+  assert aot.run(config, 'v5e:4x4') is None
+  out = capsys.readouterr().out
+  assert 'DOES NOT FIT in 16 GiB' in out and 'batch 0.75 GiB' in out
+  assert 'RESOURCE_EXHAUSTED' in out  # XLA's own numbers follow
+
+
 def test_collectives_reads_tpu_hlo():
   hlo = '\n'.join([
       '%all-reduce-scatter.1 (input_0: f32[64,8]) -> f32[16,8] {',
