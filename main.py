@@ -9,6 +9,9 @@ Modes:
   align         faces of --input (video, image, folder) → --output/cropped_aligned + landmarks.csv
   predict       expressions of --input's faces with --model → --output/predictions.csv, timelines
   evaluate      --model on the ABAW validation split of --config's data → --output/report
+  aot           compile the pretraining step for a TPU --topology (e.g. v5p:4x4x4) on this machine,
+                print its memory, XLA's cost-model estimates and collectives (needs libtpu); with
+                --workdir, also the estimate as JSON and the compiled HLO there
 With no --config, runs the whole system on the embedded demo data (configs/demo.py).
 """
 
@@ -21,7 +24,7 @@ DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs'
 
 _CONFIG = config_flags.DEFINE_config_file('config', DEMO_CONFIG, 'Config file (a get_config() module).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, summaries and reports go.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'import_torch', 'export_torch', 'align',
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'import_torch', 'export_torch', 'aot', 'align',
                                             'predict', 'evaluate'], 'What to do.')
 _TORCH_CKPT = flags.DEFINE_string('torch_checkpoint', None,
                                   'PyTorch checkpoint (.pth/.safetensors) to import or export to.')
@@ -33,6 +36,8 @@ _MODEL = flags.DEFINE_string('model', None, 'A fusion or fine-tuning workdir, a 
 _LARGEST_FACE = flags.DEFINE_bool('largest_face', False, 'Only the largest face of each frame.')
 _ANNOTATED = flags.DEFINE_bool('annotated_video', False, 'predict: also an MP4 with boxes, labels.')
 _MIN_FACE = flags.DEFINE_float('min_face_size', 20, 'Smallest face to detect, in pixels.')
+_TOPOLOGY = flags.DEFINE_string('topology', None, 'TPU topology for --mode=aot, e.g. v5p:8x8x8.')
+
 
 def main(argv):
   if len(argv) > 1:
@@ -44,6 +49,12 @@ def main(argv):
                             largest_face=_LARGEST_FACE.value, annotated_video=_ANNOTATED.value,
                             min_face_size=_MIN_FACE.value)
   config = _CONFIG.value
+  if _MODE.value == 'aot':
+    if not _TOPOLOGY.value:
+      raise app.UsageError('--mode=aot needs --topology, e.g. v5p:4x4x4')
+    from mae_face_jax import aot
+    aot.run(config, _TOPOLOGY.value, _WORKDIR.value)
+    return
   workdir = _WORKDIR.value or config.get('workdir', None)
   if not workdir:
     raise app.UsageError('--workdir is required for this config')

@@ -37,6 +37,7 @@ def _encoder_fields(size: str, img_size: int) -> dict:
       num_heads=num_heads, mlp_ratio=4.0, drop_path_rate=0.0,
       # None lets JAX choose; 'cudnn' is the fused kernel on NVIDIA GPUs, 'auto' picks it there.
       attention_impl=config_dict.placeholder(str),
+      remat='none',           # per block: 'none', 'dots' (keep linear outputs) or 'full'
       dtype='float32',        # compute dtype: 'bfloat16' on accelerators
       param_dtype='float32',  # master weights stay float32
   )

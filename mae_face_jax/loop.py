@@ -113,17 +113,22 @@ def start(config: Any) -> Mesh:
 
 def setup(config: Any, mesh: Mesh, build: ts.Builder, examples_per_epoch: int | None, *,
           lr_scales: Callable[[Any], Any] | None = None,
-          overrides: Mapping[str, Any] | None = None, trained: Any = nnx.Param) -> Run:
+          overrides: Mapping[str, Any] | None = None, trained: Any = nnx.Param,
+          abstract: bool = False) -> Run:
   """Durations, optimizer, and the train state built straight into its shardings (variables named
   in `overrides` replaced, e.g. by pretrained weights); `resume` then completes the run.
-  `lr_scales(abstract_params)` gives per-parameter lr multipliers (layer decay)."""
+  `lr_scales(abstract_params)` gives per-parameter lr multipliers (layer decay). With `abstract`
+  the state is shapes only, for compiling the step ahead of time (`mae_face_jax.aot`)."""
   d = durations(config, examples_per_epoch)
   _, abstract_params, _ = ts.abstract_model(build, trained)
   abstract_params = nnx.to_pure_dict(abstract_params)
   tx, schedule = optim.make_optimizer(config, abstract_params, d.total, d.warmup,
                                       lr_scales(abstract_params) if lr_scales else None)
-  placed = ts.create_train_state(build, config.seed, mesh, config.mesh.rules, tx, overrides,
-                                 trained)
+  if abstract:
+    placed = ts.abstract_train_state(build, config.seed, mesh, config.mesh.rules, tx, trained)
+  else:
+    placed = ts.create_train_state(build, config.seed, mesh, config.mesh.rules, tx, overrides,
+                                   trained)
   return Run(config, mesh, d, tx, schedule, placed, None, None)
 
 
@@ -167,7 +172,10 @@ def make_train_step(loss_fn: LossFn, *, graphdef: nnx.GraphDef, tx: optax.Gradie
     model = ts.merge_model(graphdef, params, fixed, jax.random.fold_in(drop_key, micro))
     (loss_sum, (weight, metrics)), grads = nnx.value_and_grad(
         loss, has_aux=True, argnums=nnx.DiffState(0, trained))(model)
-    return nnx.to_pure_dict(grads), loss_sum, weight, metrics
+    # Gradients placed as their parameters: under FSDP each device then reduce-scatters its shard
+    # of them rather than all-reducing whole gradients and slicing them.
+    grads = jax.lax.with_sharding_constraint(nnx.to_pure_dict(grads), state_shardings['params'])
+    return grads, loss_sum, weight, metrics
 
   def train_step(state, fixed, batch):
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])

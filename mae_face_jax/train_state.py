@@ -76,12 +76,10 @@ def select_pretrained(params: Any, pretrained: Mapping[str, np.ndarray], source:
   return chosen
 
 
-def create_train_state(build: Builder, seed: int, mesh: Mesh, rules: sharding.Rules,
-                       tx: optax.GradientTransformation, overrides: Mapping[str, Any] | None = None,
-                       trained: Any = nnx.Param) -> Placed:
-  """Initialises model and optimizer directly in their shardings (no full copy on any host),
-  then overwrites the variables named in `overrides` (flat names of params or fixed variables,
-  e.g. pretrained weights), which must have their shapes."""
+def _init_and_shardings(build: Builder, seed: int, mesh: Mesh, rules: sharding.Rules,
+                        tx: optax.GradientTransformation, trained: Any
+                        ) -> tuple[nnx.GraphDef, Callable[[], tuple[State, nnx.State]], Any, Any]:
+  """The graph, the state's initialiser, and the shardings of its state and fixed variables."""
   graphdef, params, fixed = abstract_model(build, trained)
   param_shardings = sharding.variable_shardings(params, mesh, rules)
   abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(params))
@@ -100,7 +98,27 @@ def create_train_state(build: Builder, seed: int, mesh: Mesh, rules: sharding.Ru
     rng = jax.random.key_data(jax.random.key(seed + 1))
     return {'step': jnp.zeros((), jnp.int32), 'params': p, 'opt_state': tx.init(p),
             'rng': rng}, f
+  return graphdef, init, state_shardings, fixed_shardings
 
+
+def abstract_train_state(build: Builder, seed: int, mesh: Mesh, rules: sharding.Rules,
+                         tx: optax.GradientTransformation, trained: Any = nnx.Param) -> Placed:
+  """`create_train_state`'s result as shapes only (`jax.ShapeDtypeStruct`s), nothing allocated:
+  what compiling a step ahead of time for devices one does not have needs."""
+  graphdef, init, state_shardings, fixed_shardings = _init_and_shardings(build, seed, mesh, rules,
+                                                                         tx, trained)
+  state, fixed = jax.eval_shape(init)
+  return Placed(graphdef, state, state_shardings, fixed, fixed_shardings, trained)
+
+
+def create_train_state(build: Builder, seed: int, mesh: Mesh, rules: sharding.Rules,
+                       tx: optax.GradientTransformation, overrides: Mapping[str, Any] | None = None,
+                       trained: Any = nnx.Param) -> Placed:
+  """Initialises model and optimizer directly in their shardings (no full copy on any host),
+  then overwrites the variables named in `overrides` (flat names of params or fixed variables,
+  e.g. pretrained weights), which must have their shapes."""
+  graphdef, init, state_shardings, fixed_shardings = _init_and_shardings(build, seed, mesh, rules,
+                                                                         tx, trained)
   state, fixed = jax.jit(init, out_shardings=(state_shardings, fixed_shardings))()
   if overrides:
     unknown = set(overrides) - set(flatten(state['params'])) - set(flatten(fixed))

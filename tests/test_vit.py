@@ -69,3 +69,25 @@ def test_bfloat16_compute_keeps_float32_params():
   out = model(jnp.asarray(images(2, 32)))
   assert out.dtype == jnp.bfloat16
   assert model.blocks[0].attn.qkv.kernel[...].dtype == jnp.float32
+
+
+def test_einsum_attention_matches_xla_attention():
+  """attention_impl='einsum' (TPUs' 'auto'): the same attention; in bfloat16 its scores are
+  rounded to bfloat16 between the two products, so it agrees to bfloat16 precision only."""
+  import jax
+  from mae_face_jax.models.build import resolve_attention_impl
+  from mae_face_jax.models.vit import einsum_attention
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 17, 4, 8))
+  np.testing.assert_allclose(einsum_attention(q, k, v), jax.nn.dot_product_attention(q, k, v),
+                             rtol=1e-5, atol=1e-6)
+  bf = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+  got = einsum_attention(*bf)
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(got, np.float32),
+                             np.asarray(jax.nn.dot_product_attention(*bf), np.float32), atol=3e-2)
+  assert [resolve_attention_impl('auto', b) for b in ('tpu', 'gpu', 'cpu')] == [
+      'einsum', 'cudnn', None]
+  x = jnp.asarray(images(2, 32))
+  plain = VisionTransformer(**TINY_VIT, rngs=nnx.Rngs(0))
+  fused = VisionTransformer(**TINY_VIT, attention_impl='einsum', rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(fused(x), plain(x), rtol=1e-4, atol=1e-5)

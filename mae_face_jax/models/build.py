@@ -32,10 +32,12 @@ def _kwargs(cls: type, model_cfg: Any, overrides: dict[str, Any]) -> dict[str, A
   return kwargs
 
 
-def resolve_attention_impl(impl: str | None) -> str | None:
-  """'auto' = cuDNN's fused kernel on NVIDIA GPUs, else XLA's attention; other values as given."""
+def resolve_attention_impl(impl: str | None, backend: str | None = None) -> str | None:
+  """'auto' = cuDNN's fused kernel on NVIDIA GPUs, einsums with bf16-sized scores on TPUs (XLA's
+  cost model puts them ahead of XLA's attention there), XLA's attention on CPUs; other values as
+  given. `backend` defaults to JAX's (the ahead-of-time compiler names its target instead)."""
   if impl == 'auto':
-    return 'cudnn' if jax.default_backend() == 'gpu' else None
+    return {'gpu': 'cudnn', 'tpu': 'einsum'}.get(backend or jax.default_backend())
   return impl
 
 

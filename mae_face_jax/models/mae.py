@@ -83,7 +83,7 @@ class MaskedAutoencoder(nnx.Module):
                embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,
                mlp_ratio: float = 4.0, mask_ratio: float = 0.75, norm_pix_loss: bool = True,
-               drop_path_rate: float = 0.0, attention_impl: str | None = None,
+               drop_path_rate: float = 0.0, attention_impl: str | None = None, remat: str = 'none',
                dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.patch_size, self.in_chans = patch_size, in_chans
@@ -98,7 +98,7 @@ class MaskedAutoencoder(nnx.Module):
         jnp.asarray(pe.get_2d_sincos_pos_embed(embed_dim, grid, cls_token=True)[None], param_dtype),
         **sharded(None, None, 'embed'))
     self.blocks = make_blocks(embed_dim, depth, num_heads, mlp_ratio, drop_path_rate,
-                              attention_impl=attention_impl, **kw)
+                              attention_impl=attention_impl, remat=remat, **kw)
     self.norm = layer_norm(embed_dim, **kw)
 
     # Decoder.
@@ -109,7 +109,8 @@ class MaskedAutoencoder(nnx.Module):
                     param_dtype),
         **sharded(None, None, 'decoder_embed'))
     self.decoder_blocks = make_blocks(decoder_embed_dim, decoder_depth, decoder_num_heads,
-                                      mlp_ratio, 0.0, attention_impl=attention_impl, **kw)
+                                      mlp_ratio, 0.0, attention_impl=attention_impl, remat=remat,
+                                      **kw)
     self.decoder_norm = layer_norm(decoder_embed_dim, **kw)
     self.decoder_pred = linear(decoder_embed_dim, patch_size**2 * in_chans,
                                ('decoder_embed', None), **kw)

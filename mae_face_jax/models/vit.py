@@ -29,6 +29,14 @@ VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
 }
 
 LN_EPS = 1e-6
+# Rematerialisation of each block (`remat`): what its backward pass keeps from the forward one.
+# 'none' keeps every activation; 'dots' keeps the outputs of the linear layers and recomputes norms,
+# GELU and attention; 'full' keeps only the block's input and recomputes the whole block.
+REMAT_POLICIES = {
+    'none': None,
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    'full': jax.checkpoint_policies.nothing_saveable,
+}
 xavier_uniform = jax.nn.initializers.xavier_uniform()
 zeros = jax.nn.initializers.zeros
 
@@ -103,9 +111,21 @@ class Attention(nnx.Module):
     b, n, d = x.shape
     # timm's fused layout: output channel = (which of q/k/v, head, head_dim).
     qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
-    out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
-                                       implementation=self.attention_impl)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if self.attention_impl == 'einsum':
+      out = einsum_attention(q, k, v)
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
     return self.proj(out.reshape(b, n, d))
+
+
+def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """Softmax attention over (B, N, heads, head_dim) with the scores in the inputs' dtype between
+  the two products and the softmax in float32. Why: XLA's attention writes float32 scores to
+  memory; with bf16 inputs these are half the bytes (the same as in float32 otherwise)."""
+  scores = jnp.einsum('bqhd,bkhd->bhqk', q * (q.shape[-1] ** -0.5), k)
+  weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
 
 
 class Mlp(nnx.Module):
@@ -122,8 +142,11 @@ class Block(nnx.Module):
   """Pre-norm transformer block (timm `Block`), with per-sample drop path on both residuals."""
 
   def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0, *,
-               attention_impl: str | None = None, dtype: Any = jnp.float32,
+               attention_impl: str | None = None, remat: str = 'none', dtype: Any = jnp.float32,
                param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    if remat not in REMAT_POLICIES:
+      raise ValueError(f'remat={remat!r} is not one of {", ".join(REMAT_POLICIES)}')
+    self.remat = remat
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.norm1 = layer_norm(dim, **kw)
     self.attn = Attention(dim, num_heads, attention_impl=attention_impl, **kw)
@@ -133,6 +156,11 @@ class Block(nnx.Module):
     self.drop_path = nnx.Dropout(drop_path, broadcast_dims=(1, 2), rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    if self.remat == 'none':
+      return self.forward(x)
+    return nnx.remat(Block.forward, policy=REMAT_POLICIES[self.remat])(self, x)
+
+  def forward(self, x: jax.Array) -> jax.Array:
     x = x + self.drop_path(self.attn(self.norm1(x)))
     return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -151,7 +179,7 @@ class VisionTransformer(nnx.Module):
   def __init__(self, *, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
                embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
                num_classes: int = 0, global_pool: bool = True, drop_path_rate: float = 0.0,
-               attention_impl: str | None = None, dtype: Any = jnp.float32,
+               attention_impl: str | None = None, remat: str = 'none', dtype: Any = jnp.float32,
                param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.global_pool = global_pool
@@ -163,7 +191,7 @@ class VisionTransformer(nnx.Module):
     self.pos_embed = nnx.Param(jnp.asarray(table[None], param_dtype),
                                **sharded(None, None, 'embed'))
     self.blocks = make_blocks(embed_dim, depth, num_heads, mlp_ratio, drop_path_rate,
-                              attention_impl=attention_impl, **kw)
+                              attention_impl=attention_impl, remat=remat, **kw)
     if global_pool:
       self.fc_norm = layer_norm(embed_dim, **kw)
     else:

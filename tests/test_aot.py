@@ -1,0 +1,112 @@
+"""The pretraining step compiled ahead of time for a TPU topology (`v5p:2x2x2`, 8 chips) on this
+CPU machine, through libtpu: per-device memory and the collectives data parallelism and FSDP imply."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from mae_face_jax import aot, sharding
+from mae_face_jax import train_state as ts
+from mae_face_jax.models.build import build_model
+from tests.pretrain_test_config import get_config
+
+TOPOLOGY = 'v5p:2x2x2'
+BATCH = 16
+
+
+def tiny_config(data: int, fsdp: int, remat: str = 'none'):
+  config = get_config()
+  config.batch_size = BATCH
+  config.model.remat = remat
+  config.mesh.data, config.mesh.fsdp = data, fsdp
+  config.model.dtype = 'bfloat16'  # as on TPUs: bf16 compute, fp32 master weights
+  return config
+
+
+@pytest.fixture(scope='module')
+def estimates():
+  return {name: aot.compile_pretrain_step(tiny_config(*mesh), TOPOLOGY)[1]
+          for name, mesh in (('data', (8, 1)), ('fsdp', (2, 4)), ('remat', (2, 4, 'full')))}
+
+
+def test_fsdp_shards_parameters_and_optimizer_state(estimates):
+  dp, fsdp = estimates['data'], estimates['fsdp']
+  assert dp.mesh == {'data': 8, 'fsdp': 1} and fsdp.mesh == {'data': 2, 'fsdp': 4}
+  assert dp.chip == 'v5p' and dp.hbm_bytes == 95 * 2**30
+  # Exactly: tensors without logical axes (biases, norms, tokens) stay whole, the rest is split 4
+  # ways.
+  config = tiny_config(2, 4)
+  params = nnx.to_pure_dict(ts.abstract_model(lambda: build_model(config))[1])
+  specs = sharding.variable_shardings(ts.abstract_model(lambda: build_model(config))[1],
+                                      sharding.make_mesh({'data': 2, 'fsdp': 4}), config.mesh.rules)
+  nbytes = lambda x: int(np.prod(x.shape)) * 4
+  whole = sum(nbytes(x) for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(specs))
+              if s.spec == P())
+  total = sum(nbytes(x) for x in jax.tree.leaves(params))
+  assert dp.params_bytes == total
+  assert fsdp.params_bytes == whole + (total - whole) // 4
+  assert dp.opt_state_bytes / fsdp.opt_state_bytes > 3.5  # Adam's two moments, placed alike
+  # The batch is split over all 8 devices on either mesh.
+  assert dp.batch_bytes == fsdp.batch_bytes == BATCH * 32 * 32 * 3 // 8
+  assert fsdp.argument_bytes < dp.argument_bytes
+
+
+def test_collectives_follow_the_mesh(estimates):
+  dp, fsdp = estimates['data'].collectives, estimates['fsdp'].collectives
+  # Data parallel: every parameter whole everywhere, gradients all-reduced; nothing gathered.
+  assert dp['all-gather'][0] == 0 and dp['reduce-scatter'][0] == 0
+  assert dp['all-reduce'][0] > 0
+  # FSDP: parameters all-gathered where used, gradients reduce-scattered back to their shards.
+  assert fsdp['all-gather'][0] > 0 and fsdp['reduce-scatter'][0] > 0
+
+
+def test_estimates_are_consistent(estimates):
+  for e in estimates.values():
+    assert e.fits and 0 < e.used_bytes < e.hbm_bytes
+    assert e.est_step_s > 0 and 0 < e.est_mfu < 1
+    assert e.est_images_per_s == pytest.approx(BATCH / e.est_step_s)
+    # XLA counts the matmuls the model FLOPs count, plus norms, softmax and the optimizer.
+    assert e.xla_flops > 0.9 * e.model_flops
+    assert e.model_flops == pytest.approx(aot.mae_train_flops(tiny_config(8, 1).model) * BATCH / 8)
+
+
+def test_remat_recomputes_in_the_tpu_program(estimates):
+  # (What it saves in memory shows at scale only: this tiny step's buffers are mostly fixed.)
+  plain, remat = estimates['fsdp'], estimates['remat']
+  assert remat.xla_flops > 1.05 * plain.xla_flops  # the blocks' forward runs again in the backward
+  assert remat.model_flops == plain.model_flops
+
+
+def test_a_step_that_does_not_fit_says_so(capsys):
+  config = tiny_config(16, 1)
+  config.batch_size = 2**22  # 0.75 GiB of images and tens of GiB of activations a v5e chip
+  assert aot.run(config, 'v5e:4x4') is None
+  out = capsys.readouterr().out
+  assert 'DOES NOT FIT in 16 GiB' in out and 'batch 0.75 GiB' in out
+  assert 'RESOURCE_EXHAUSTED' in out  # XLA's own numbers follow
+
+
+def test_collectives_reads_tpu_hlo():
+  hlo = '\n'.join([
+      '%all-reduce-scatter.1 (input_0: f32[64,8]) -> f32[16,8] {',
+      '  %all-reduce.3 = f32[64,8]{1,0:T(8,128)} all-reduce(%input_0), to_apply=%add',
+      '}',
+      'ENTRY %main.1 (p: bf16[16,8]) -> f32[] {',
+      '  %all-gather-start = (bf16[16,8]{1,0}, bf16[64,8]{1,0}) all-gather-start(%p), dims={0}',
+      '  %all-gather-done = bf16[64,8]{1,0} all-gather-done(%all-gather-start)',
+      '  %all-reduce.1 = (f32[]{:T(128)}, f32[4]{0}) all-reduce(%a, %b), to_apply=%add',
+      '}'])
+  found = aot.collectives(hlo)
+  assert found['reduce-scatter'] == (1, 64 * 8 * 4)
+  assert found['all-gather'] == (1, 64 * 8 * 2)
+  assert found['all-reduce'] == (1, 4 + 16)
+  assert found['all-to-all'] == (0, 0)
+
+
+def test_chip_table_and_unknown_chip():
+  assert aot.chip_of('v5p:8x8x8') == ('v5p', aot.Chip(95, 459))
+  assert aot.chip_of('v6e:16x16')[1].peak_tflops == 918
+  with pytest.raises(ValueError, match='v3'):
+    aot.chip_of('v3:4x4')
