@@ -28,10 +28,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Compiled steps kept in one place for the whole chain (None: <workdir>/jax_cache; '': off).
   config.compilation_cache_dir = config_dict.placeholder(str)
   config.demo_data = ml_collections.ConfigDict(dict(num_videos=60, frames=(120, 220), size=IMG))
-  # Each stage's wall time on the 2-core Intel machine README names; the progress lines' whole-chain
+  # Each stage's wall time on the 2-core Intel machine README names (fusion: an estimate, twice the
+  # 4-head stage's 108 s, as the two compared on the AMD machine); the progress lines' whole-chain
   # ETA scales them by how fast the stages done so far ran here.
   config.expected_seconds = ml_collections.ConfigDict(dict(
-      data=12, pretrain=109, finetune_face=163, finetune_region=160, fusion=108))
+      data=12, pretrain=109, finetune_face=163, finetune_region=160, fusion=216))
   # True: also fine-tune both views from random init on the same budget and write
   # pretraining_gain.md (what stage 1 is worth); stages already done are not redone.
   config.random_init_baseline = False
