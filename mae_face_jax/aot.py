@@ -64,7 +64,11 @@ def topology_devices(topology: str) -> list:
   # libtpu takes a machine-wide lock on loading, meant for processes that drive real chips;
   # compiling touches none, so other processes (tests, a second compile) may load it too.
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
-  return list(topologies.get_topology_desc(topology_name=topology, platform='tpu').devices)
+  # A v4 topology lists each of a chip's two TensorCores as a device unless asked for the chips
+  # ("megacore", how v4 runs JAX): one device per chip, as on v5p, v5e and v6e.
+  kwargs = {'chip_config_name': 'megacore'} if chip_of(topology)[0] == 'v4' else {}
+  return list(topologies.get_topology_desc(topology_name=topology, platform='tpu',
+                                           **kwargs).devices)
 
 
 def mae_train_flops(model: Any) -> float:

@@ -110,3 +110,6 @@ def test_chip_table_and_unknown_chip():
   assert aot.chip_of('v6e:16x16')[1].peak_tflops == 918
   with pytest.raises(ValueError, match='v3'):
     aot.chip_of('v3:4x4')
+  # One device per chip: a v4 chip's two TensorCores run as one (megacore), as on v5p.
+  assert len(aot.topology_devices('v4:2x2x4')) == 16
+  assert len(aot.topology_devices('v5p:2x2x2')) == 8
