@@ -1,6 +1,8 @@
 """The pretraining step compiled ahead of time for a TPU topology (`v5p:2x2x2`, 8 chips) on this
 CPU machine, through libtpu: per-device memory and the collectives data parallelism and FSDP imply."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -86,6 +88,13 @@ def test_a_step_that_does_not_fit_says_so(capsys):
   out = capsys.readouterr().out
   assert 'DOES NOT FIT in 16 GiB' in out and 'batch 0.75 GiB' in out
   assert 'RESOURCE_EXHAUSTED' in out  # XLA's own numbers follow
+
+
+def test_an_unusable_cost_analysis_is_not_printed_as_an_estimate(estimates):
+  broken = dataclasses.replace(estimates['data'], est_step_s=-573.8)
+  assert not broken.has_step_estimate and estimates['data'].has_step_estimate
+  text = aot.format_estimate(broken, tiny_config(8, 1))
+  assert 'none usable' in text and 'MFU' not in text
 
 
 def test_collectives_reads_tpu_hlo():
