@@ -189,7 +189,7 @@ class Estimate:
 
   @property
   def has_step_estimate(self) -> bool:
-    """False where XLA's cost analysis is unusable (seen: a negative time with remat on a v4)."""
+    """False where XLA's cost analysis is unusable (seen on v4 and v6e: a negative time)."""
     return self.est_step_s > 0 and self.xla_flops >= 0.9 * self.model_flops
 
   @property
@@ -278,8 +278,8 @@ def format_estimate(e: Estimate, config: Any) -> str:
       (f'  est. step {e.est_step_s * 1e3:.1f} ms; est. {e.est_images_per_s:,.0f} images/s for the '
        f'slice; est. MFU {100 * e.est_mfu:.1f}% of {CHIPS[e.chip].peak_tflops:.0f} TFLOP/s bf16 '
        f'peak per chip') if e.has_step_estimate else
-      (f'  none usable: XLA\'s cost analysis gave optimal_seconds = {e.est_step_s:.3g} and '
-       f'{e.xla_flops / 1e12:.2f} TFLOPs, below the model\'s {e.model_flops / 1e12:.2f}'),
+      (f'  none usable: XLA\'s cost analysis gave optimal_seconds = {e.est_step_s:.3g}, '
+       f'{e.xla_flops / 1e12:.2f} TFLOPs counted (the model: {e.model_flops / 1e12:.2f})'),
       'Collectives in the compiled HLO (count, bytes of results per device):',
   ]
   lines += [f'  {k:<18} {c:5d}  {b / GIB:8.3f} GiB' for k, (c, b) in e.collectives.items()]
