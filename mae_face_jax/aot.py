@@ -64,7 +64,11 @@ def topology_devices(topology: str) -> list:
   # libtpu takes a machine-wide lock on loading, meant for processes that drive real chips;
   # compiling touches none, so other processes (tests, a second compile) may load it too.
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
-  return list(topologies.get_topology_desc(topology_name=topology, platform='tpu').devices)
+  # A v4 topology lists each of a chip's two TensorCores as a device unless asked for the chips
+  # ("megacore", how v4 runs JAX): one device per chip, as on v5p, v5e and v6e.
+  kwargs = {'chip_config_name': 'megacore'} if chip_of(topology)[0] == 'v4' else {}
+  return list(topologies.get_topology_desc(topology_name=topology, platform='tpu',
+                                           **kwargs).devices)
 
 
 def mae_train_flops(model: Any) -> float:
@@ -184,6 +188,11 @@ class Estimate:
     return self.used_bytes <= self.hbm_bytes
 
   @property
+  def has_step_estimate(self) -> bool:
+    """False where XLA's cost analysis is unusable (seen on v4 and v6e: a negative time)."""
+    return self.est_step_s > 0 and self.xla_flops >= 0.9 * self.model_flops
+
+  @property
   def est_images_per_s(self) -> float:
     return self.images_per_step / self.est_step_s
 
@@ -266,9 +275,11 @@ def format_estimate(e: Estimate, config: Any) -> str:
       f'  model FLOPs {e.model_flops / 1e12:.2f} T; XLA-counted FLOPs {e.xla_flops / 1e12:.2f} T '
       f'(includes recomputation); bytes accessed {e.bytes_accessed / GIB:.1f} GiB',
       'XLA\'s cost-model ESTIMATE (not a measurement):',
-      f'  est. step {e.est_step_s * 1e3:.1f} ms; est. {e.est_images_per_s:,.0f} images/s for the '
-      f'slice; est. MFU {100 * e.est_mfu:.1f}% of {CHIPS[e.chip].peak_tflops:.0f} TFLOP/s bf16 '
-      f'peak per chip',
+      (f'  est. step {e.est_step_s * 1e3:.1f} ms; est. {e.est_images_per_s:,.0f} images/s for the '
+       f'slice; est. MFU {100 * e.est_mfu:.1f}% of {CHIPS[e.chip].peak_tflops:.0f} TFLOP/s bf16 '
+       f'peak per chip') if e.has_step_estimate else
+      (f'  none usable: XLA\'s cost analysis gave optimal_seconds = {e.est_step_s:.3g}, '
+       f'{e.xla_flops / 1e12:.2f} TFLOPs counted (the model: {e.model_flops / 1e12:.2f})'),
       'Collectives in the compiled HLO (count, bytes of results per device):',
   ]
   lines += [f'  {k:<18} {c:5d}  {b / GIB:8.3f} GiB' for k, (c, b) in e.collectives.items()]

@@ -172,8 +172,8 @@ def make_train_step(loss_fn: LossFn, *, graphdef: nnx.GraphDef, tx: optax.Gradie
     model = ts.merge_model(graphdef, params, fixed, jax.random.fold_in(drop_key, micro))
     (loss_sum, (weight, metrics)), grads = nnx.value_and_grad(
         loss, has_aux=True, argnums=nnx.DiffState(0, trained))(model)
-    # Gradients placed as their parameters: under FSDP each device then reduce-scatters its shard
-    # of them rather than all-reducing whole gradients and slicing them.
+    # Gradients placed as their parameters (sharded under FSDP): XLA reduces them straight into
+    # each device's shard (a reduce-scatter) instead of choosing their layout itself.
     grads = jax.lax.with_sharding_constraint(nnx.to_pure_dict(grads), state_shardings['params'])
     return grads, loss_sum, weight, metrics
 

@@ -1,6 +1,8 @@
 """The pretraining step compiled ahead of time for a TPU topology (`v5p:2x2x2`, 8 chips) on this
 CPU machine, through libtpu: per-device memory and the collectives data parallelism and FSDP imply."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -88,6 +90,13 @@ def test_a_step_that_does_not_fit_says_so(capsys):
   assert 'RESOURCE_EXHAUSTED' in out  # XLA's own numbers follow
 
 
+def test_an_unusable_cost_analysis_is_not_printed_as_an_estimate(estimates):
+  broken = dataclasses.replace(estimates['data'], est_step_s=-573.8)
+  assert not broken.has_step_estimate and estimates['data'].has_step_estimate
+  text = aot.format_estimate(broken, tiny_config(8, 1))
+  assert 'none usable' in text and 'MFU' not in text
+
+
 def test_collectives_reads_tpu_hlo():
   hlo = '\n'.join([
       '%all-reduce-scatter.1 (input_0: f32[64,8]) -> f32[16,8] {',
@@ -110,3 +119,6 @@ def test_chip_table_and_unknown_chip():
   assert aot.chip_of('v6e:16x16')[1].peak_tflops == 918
   with pytest.raises(ValueError, match='v3'):
     aot.chip_of('v3:4x4')
+  # One device per chip: a v4 chip's two TensorCores run as one (megacore), as on v5p.
+  assert len(aot.topology_devices('v4:2x2x4')) == 16
+  assert len(aot.topology_devices('v5p:2x2x2')) == 8
