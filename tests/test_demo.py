@@ -1,10 +1,9 @@
-"""The main job's chain end to end (`configs/demo.py:smoke`, a tiny version of it) through main.py:
-what the console shows, what the workdir's log keeps, and that every stage ran."""
+"""The main job's chain end to end (`configs/demo.py:smoke`, a tiny version of it, run once by the
+`smoke_demo` fixture through main.py): what the console shows, what the workdir's log keeps, and
+that every stage ran."""
 
 import os
 import re
-import subprocess
-import sys
 
 import orbax.checkpoint
 import grain
@@ -34,12 +33,8 @@ def _info_lines(text: str, files: set[str]) -> list[str]:
           if (m := ABSL_LINE.match(line)) and m[1] == 'I' and m[2] in files]
 
 
-def test_main_job_console_has_stages_and_etas_but_no_library_info(tmp_path):
-  workdir = tmp_path / 'demo'
-  out = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'),
-                        '--config=' + os.path.join(ROOT, 'configs', 'demo.py') + ':smoke',
-                        f'--workdir={workdir}'], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=900)
+def test_main_job_console_has_stages_and_etas_but_no_library_info(smoke_demo):
+  workdir, out = smoke_demo
   console = out.stdout + out.stderr
   assert out.returncode == 0, console[-3000:]
   library = _library_files(orbax.checkpoint, grain, tensorflow_datasets)

@@ -19,11 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
-def demo(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('demo') / 'wd'
-  subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'),
-                  f'--config={os.path.join(ROOT, "configs", "demo.py")}:smoke',
-                  f'--workdir={workdir}'], check=True, capture_output=True, cwd=workdir.parent)
+def demo(smoke_demo):
+  workdir, out = smoke_demo
+  assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
   return workdir
 
 
