@@ -199,7 +199,8 @@ def write_report(report_dir: str, frames: Mapping[str, np.ndarray], probs: Mappi
   best method (its best seed). Returns the results and, per method, its window, mean smoothed macro
   F1 and best seed."""
   os.makedirs(report_dir, exist_ok=True)
-  runs = {name: [p] for name, p in probs.items()} | {k: list(v) for k, v in (seeded or {}).items()}
+  seeded = {k: list(v) for k, v in (seeded or {}).items()}
+  runs = {name: [p] for name, p in probs.items()} | seeded
   results, chosen, curves, seeds_table = {}, {}, {}, {}
   labels, videos, frame_ids = frames['label'], frames['video'], frames['frame']
   for name, arrays in runs.items():
@@ -213,12 +214,12 @@ def write_report(report_dir: str, frames: Mapping[str, np.ndarray], probs: Mappi
     results[f'{name} + smoothing (w={window})'] = over_seeds(smooth_rows)
     best_seed = int(np.argmax([r['macro_f1'] for r in smooth_rows]))
     chosen[name] = {'window': window, 'smoothed_f1': curves[name][window], 'seed': best_seed}
-    if name in (seeded or {}):
+    if name in seeded:
       seeds_table[name] = [(r['macro_f1'], q['macro_f1'], window)
                            for r, q in zip(raw_rows, smooth_rows)]
     for seed, p in enumerate(arrays):
       write_predictions(os.path.join(report_dir, predictions_file(
-          name, seed if name in (seeded or {}) else None)), videos, frame_ids, labels, p)
+          name, seed if name in seeded else None)), videos, frame_ids, labels, p)
   results['chance (uniform random predictions)'] = metrics.uniform_chance(labels)
   write_results_table(report_dir, results)
   if seeds_table:
@@ -227,7 +228,7 @@ def write_report(report_dir: str, frames: Mapping[str, np.ndarray], probs: Mappi
   window, seed = chosen[name]['window'], chosen[name]['seed']
   best_probs = runs[name][seed]
   smoothed = smoothing.sliding_window_smooth(best_probs, videos, frame_ids, window)
-  label = f'{name}' + (f' seed {seed}' if name in (seeded or {}) else '')
+  label = name + (f' seed {seed}' if name in seeded else '')
   plot_confusion(os.path.join(report_dir, 'confusion_matrix.png'), labels, smoothed.argmax(-1),
                  f'{label}, smoothed (w={window})')
   plot_per_class_f1(os.path.join(report_dir, 'per_class_f1.png'), results)

@@ -167,7 +167,7 @@ class FusionModel(nnx.Module):
     if main_view not in VIEWS:
       raise ValueError(f'fusion main_view {main_view!r} is not one of {VIEWS}')
     self.face_encoder, self.region_encoder = face_encoder, region_encoder
-    self.aux_blocks, self.main_view, self.seeds = aux_blocks, main_view, seeds
+    self.aux_blocks, self.main_view = aux_blocks, main_view
     self.heads = nnx.Dict({head_name(method, seed): FusionHead(
         dim=face_encoder.embed_dim, grid_size=face_encoder.patch_embed.grid_size,
         num_classes=face_encoder.head.out_features, key_generator=method, values=values,
