@@ -1,34 +1,29 @@
-"""Images/s of the full fine-tuning input pipeline next to raw OpenCV decoding of the same files.
+"""The input pipeline's two halves, each against what it feeds or competes with, in one run.
 
-Claim: the pipeline (read + decode + region view + RandomResizedCrop + flip + RandAugment +
-random erasing + uint8 batch; the programs normalise on the device) keeps up with plain
-``cv2.imdecode`` of the same JPEGs on the same cores: ``ratio = pipeline images/s / raw decode
-images/s`` >= 0.8 with all cores.
+Host: the fine-tuning pipeline (read + decode + region boxes + uint8 batch at the stored size;
+`input_pipeline.datasets.finetune_dataset`) on every core, against plain `cv2.imdecode` of the
+same files on the same cores. Claim: ``ratio = pipeline images/s / raw decode images/s >= 0.8``.
+Also the images/s one core feeds (the pipeline in this process, no workers).
 
-Also timed, same threads: decode + one bicubic resize of each whole frame to the output size, the
-least work any recipe that hands over image_size² crops does per image. Its rate over the raw rate
-bounds what ratio any such host pipeline can reach on these files.
+Device: the fine-tuning recipe's augmentation on the device (region fill, RandomResizedCrop to
+224, flip, RandAugment, erasing; `train_finetune.augmented_images`) against the whole ViT-B/16
+fine-tuning train step that contains it (`loop.make_train_step` with the program's loss), same
+device, same batch. Claim: ``augmentation / step <= 0.05``.
 
-Both sides read each file from disk (page cache) and decode it; both use every core (raw: a thread
-per core, OpenCV releases the GIL; pipeline: grain worker processes or reader threads).
-
-    python benchmarks/input_pipeline.py [--data_dir /tmp/mae_face_demo] [--image_size 224]
-        [--batch_size 64] [--num_workers N (default: cores)] [--num_threads 0] [--seconds 20]
-        [--view eyes_mouth] [--stages] [--system_malloc]
-
-``--stages`` adds a cost table: each per-record stage of the fine-tuning pipeline run alone on one
-core over the same records (µs per image, and as a multiple of decoding one image), then batching,
-so the ratio can be read against what each step of the recipe costs.
+    python benchmarks/input_pipeline.py [--data_dir /tmp/mae_face_demo] [--view eyes_mouth]
+        [--batch_size 64] [--num_workers N (default: cores)] [--seconds 20]
+        [--device_batch (default 32 on CPU, 256 on an accelerator)] [--model_size base]
+        [--device_steps 3] [--skip_device] [--skip_host]
 """
 
 import os
+import statistics
 import sys
 import time
 from concurrent import futures
 
 from absl import app, flags
 import cv2
-import grain
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,153 +31,145 @@ from input_pipeline import abaw, datasets, demo_data  # pylint: disable=g-import
 from mae_face_jax import host_memory  # pylint: disable=g-import-not-at-top
 
 _DATA = flags.DEFINE_string('data_dir', '/tmp/mae_face_demo', 'ABAW-layout root (demo data made if absent)')
-_SIZE = flags.DEFINE_integer('image_size', 224, 'output image size of the pipeline')
-_BATCH = flags.DEFINE_integer('batch_size', 64, 'batch size')
-_WORKERS = flags.DEFINE_integer('num_workers', -1, 'grain worker processes (-1: one per core)')
-_THREADS = flags.DEFINE_integer('num_threads', 0, 'grain reader threads per process (0: none; '
-                                'threads cost more per record than they save here)')
-_SECONDS = flags.DEFINE_float('seconds', 20.0, 'timed duration of each side')
 _VIEW = flags.DEFINE_string('view', 'eyes_mouth', "'face' or a region variant")
-_STAGES = flags.DEFINE_bool('stages', False, 'also print the one-core cost of each pipeline stage')
-_SYSTEM_MALLOC = flags.DEFINE_bool('system_malloc', False, "leave glibc's malloc as it is (by default "
-                                   'the run keeps freed memory, as main.py does: host_memory)')
+_BATCH = flags.DEFINE_integer('batch_size', 64, 'host pipeline batch size')
+_WORKERS = flags.DEFINE_integer('num_workers', -1, 'grain worker processes (-1: one per core)')
+_SECONDS = flags.DEFINE_float('seconds', 20.0, 'timed duration of each host side')
+_DEVICE_BATCH = flags.DEFINE_integer('device_batch', 0, 'train step batch (0: 32 on CPU, 256 else)')
+_MODEL = flags.DEFINE_string('model_size', 'base', 'ViT size of the train step (patch 16, 224 px)')
+_STEPS = flags.DEFINE_integer('device_steps', 3, 'timed repetitions of each device side')
+_SKIP_DEVICE = flags.DEFINE_bool('skip_device', False, 'host half only')
+_SKIP_HOST = flags.DEFINE_bool('skip_host', False, 'device half only')
 
 
 class RawDecode:
-  """File read + cv2.imdecode of the same files on `cores` threads (OpenCV releases the GIL);
-  with `resize_to`, each decoded frame is also resized (bicubic) to resize_to²."""
+  """File read + cv2.imdecode of the same files on `cores` threads (OpenCV releases the GIL)."""
 
-  def __init__(self, paths: list[str], cores: int, resize_to: int | None = None):
+  def __init__(self, paths: list[str], cores: int):
     self.chunks = [paths[i:i + 64] for i in range(0, len(paths), 64)]
     self.pool = futures.ThreadPoolExecutor(cores)
-    self.cores, self.next, self.resize_to = cores, 0, resize_to
+    self.cores, self.next = cores, 0
     list(self.pool.map(self._work, self.chunks[:cores]))  # warm-up
 
-  def _work(self, chunk: list[str]) -> int:
+  @staticmethod
+  def _work(chunk: list[str]) -> int:
     for p in chunk:
-      image = cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_COLOR)
-      assert image is not None
-      if self.resize_to:
-        cv2.resize(image, (self.resize_to, self.resize_to), interpolation=cv2.INTER_CUBIC)
+      assert cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_COLOR_RGB) is not None
     return len(chunk)
 
-  def run(self, seconds: float) -> tuple[int, float]:
+  def run(self, seconds: float) -> float:
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
       work = [self.chunks[(self.next + j) % len(self.chunks)] for j in range(4 * self.cores)]
       self.next += len(work)
       done += sum(self.pool.map(self._work, work))
-    return done, time.perf_counter() - start
+    return done / (time.perf_counter() - start)
 
 
-class Pipeline:
-  """A running grain pipeline (workers started, 5 batches of warm-up)."""
-
-  def __init__(self, ds, size: int):
-    self.it, self.size = iter(ds), size
+def pipeline_rate(ds, seconds: float) -> tuple[float, dict]:
+  """Images/s of a running grain pipeline (workers started, 5 batches of warm-up)."""
+  it = iter(ds)
+  try:
     for _ in range(5):
-      next(self.it)
-
-  def run(self, seconds: float) -> tuple[int, float]:
+      batch = next(it)
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-      batch = next(self.it)  # endless: training pipelines repeat
+      batch = next(it)  # endless: training pipelines repeat
       done += len(batch['label'])
-    assert batch['image'].shape == (_BATCH.value, self.size, self.size, 3)
-    assert batch['image'].dtype == np.uint8
-    return done, time.perf_counter() - start
+    return done / (time.perf_counter() - start), batch
+  finally:
+    it.close()
 
 
-def stage_costs(source, view: str, size: int, batch_size: int, count: int = 512) -> None:
-  """One core, no grain: each per-record transform of `finetune_dataset` over the same records in
-  pipeline order, then batching; µs per image and multiples of one decode."""
-  T = datasets.T
-  cv2.setNumThreads(1)
-  records = [source[i * len(source) // count] for i in range(count)]
-  stages = [('read + decode (RGB)', T.Decode())]
-  if view != 'face':
-    stages.append((f'{view} region view', T.RegionView(view)))
-  stages += [(f'RandomResizedCrop {size} bicubic', T.RandomResizedCrop(size, (0.08, 1.0))),
-             ('horizontal flip', T.RandomFlip()), ('RandAugment m9 n2', T.RandAugment(2, 9.0, 0.5)),
-             ('random erasing 0.25', T.RandomErasing(0.25)),
-             ('select keys', T.SelectKeys(('image', 'label')))]
-  rng = np.random.default_rng(0)
-  costs = {}
-  start = time.perf_counter()
-  for r in records:
-    assert cv2.imdecode(np.fromfile(r['path'], np.uint8), cv2.IMREAD_COLOR) is not None
-  costs['raw: read + cv2.imdecode'] = (time.perf_counter() - start) / count
-  for name, stage in stages:
+def host_half(source, cores: int) -> np.ndarray:
+  paths = [source[i]['path'] for i in range(len(source))]
+  workers = cores if _WORKERS.value < 0 else _WORKERS.value
+  common = dict(batch_size=_BATCH.value, view=_VIEW.value, shard=(0, 1), seed=0)
+  raw_side = RawDecode(paths, cores)
+  # Raw decoding is timed before and after the pipeline, so drift in background load shows on
+  # both sides of the ratio.
+  raw = [raw_side.run(_SECONDS.value / 2)]
+  pipe, batch = pipeline_rate(datasets.finetune_dataset(source, num_workers=workers, **common),
+                              _SECONDS.value)
+  raw.append(raw_side.run(_SECONDS.value / 2))
+  one, _ = pipeline_rate(datasets.finetune_dataset(source, num_workers=0, **common),
+                         _SECONDS.value / 2)
+  one_raw = RawDecode(paths, 1).run(_SECONDS.value / 2)
+  rate = statistics.mean(raw)
+  print(f'batch {tuple(batch["image"].shape)} {batch["image"].dtype}'
+        + (f', boxes {tuple(batch["boxes"].shape)}' if 'boxes' in batch else ''))
+  print(f'raw read + cv2.imdecode, {cores} threads (before / after): {raw[0]:.0f} / {raw[1]:.0f} '
+        f'images/s')
+  print(f'host pipeline, {workers} workers: {pipe:.0f} images/s')
+  print(f'one core: host pipeline in-process {one:.0f} images/s, raw decode {one_raw:.0f} '
+        f'images/s ({one / one_raw:.3f})')
+  print(f'host ratio = pipeline images/s / raw decode images/s = {pipe / rate:.3f} (target >= 0.8)')
+  return batch
+
+
+def device_half(source) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from configs.finetune import finetune_config  # pylint: disable=g-import-not-at-top
+  from mae_face_jax import loop, sharding  # pylint: disable=g-import-not-at-top
+  from mae_face_jax.models.build import build_model  # pylint: disable=g-import-not-at-top
+  from mae_face_jax.train_finetune import augmented_images, classification_loss_fn  # pylint: disable=g-import-not-at-top
+
+  device = jax.devices()[0]
+  on_cpu = device.platform == 'cpu'
+  b = _DEVICE_BATCH.value or (32 if on_cpu else 256)
+  config = finetune_config(_VIEW.value, _MODEL.value, 224)
+  config.batch_size, config.total_steps, config.total_epochs = b, 100, None
+  config.warmup_epochs, config.warmup_steps = None, 10
+  config.eval_epochs = None
+  if not on_cpu:
+    config.model.dtype = 'bfloat16'
+  batch = next(iter(datasets.finetune_dataset(source, batch_size=b, view=_VIEW.value, shard=(0, 1))))
+  batch = {k: v for k, v in batch.items() if k in ('image', 'label', 'boxes')}
+  mesh = sharding.make_mesh(config.mesh, [device])
+  run = loop.setup(config, mesh, lambda: build_model(config), None)
+  ndims = {'image': 4, 'label': 1} | ({'boxes': 3} if 'boxes' in batch else {})
+  step = loop.train_step_for(run, classification_loss_fn(config, np.ones(8, np.float32)), ndims)
+  placed = sharding.global_batch(batch, mesh)
+  augment_batch = jax.jit(augmented_images(config))
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(b))
+
+  state = run.placed.state
+  state, metrics = step(state, run.placed.fixed, placed)  # compiles
+  jax.block_until_ready(metrics)
+  jax.block_until_ready(augment_batch(placed, keys))
+  aug_times, step_times = [], []
+  for i in range(_STEPS.value):  # alternating, so load drift hits both sides alike
+    keys_i = jax.vmap(lambda j: jax.random.fold_in(jax.random.key(i + 1), j))(jnp.arange(b))
     start = time.perf_counter()
-    records = [stage.random_map(r, rng) if isinstance(stage, grain.transforms.RandomMap)
-               else stage.map(r) for r in records]
-    costs[name] = (time.perf_counter() - start) / count
-  batches = [records[i:i + batch_size] for i in range(0, count - batch_size + 1, batch_size)]
-  start = time.perf_counter()
-  batches = [T.collate(b) for b in batches]
-  costs['batch (np.stack)'] = (time.perf_counter() - start) / (len(batches) * batch_size)
-  decode = costs['raw: read + cv2.imdecode']
-  print(f'one-core cost per image ({count} records, view={view}, size={size}):')
-  for name, cost in costs.items():
-    print(f'  {name:32s} {cost * 1e6:8.1f} us  {cost / decode:5.2f} x decode')
-  added = sum(costs.values()) - 2 * decode  # every stage, less the decode inside 'read + decode'
-  print(f'  the recipe adds {added / decode:.2f} x decode per image beyond decoding; ratio 0.8 '
-        f'allows 0.25 x')
+    jax.block_until_ready(augment_batch(placed, keys_i))
+    aug_times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    state, metrics = step(state, run.placed.fixed, placed)
+    jax.block_until_ready(metrics)
+    step_times.append(time.perf_counter() - start)
+  aug, full = statistics.median(aug_times), statistics.median(step_times)
+  print(f'device {device.device_kind} ({device.platform}), batch {b}, '
+        f'{tuple(batch["image"].shape[1:3])} -> 224, ViT-{_MODEL.value}/16 {config.model.dtype}')
+  print(f'device augmentation: {aug * 1e3:.1f} ms per batch ({b / aug:.0f} images/s); train step '
+        f'(augmentation included): {full * 1e3:.1f} ms ({b / full:.1f} images/s); medians of '
+        f'{_STEPS.value}')
+  print(f'device ratio = augmentation / train step = {aug / full:.4f} (target <= 0.05)')
 
 
 def main(argv):
   del argv
-  kept = not _SYSTEM_MALLOC.value and host_memory.keep_freed_memory()  # before workers start
+  kept = host_memory.keep_freed_memory()  # before workers start, as main.py does
   cores = os.cpu_count()
-  workers = cores if _WORKERS.value < 0 else _WORKERS.value
-  threads = _THREADS.value
   root = demo_data.ensure_demo_data(_DATA.value)
   source = abaw.load_split(root, 'Train_Set')
-  paths = [source[i]['path'] for i in range(len(source))]
-  native = datasets.T.read_image(source[0]).shape[0]
-  print(f'{len(paths)} frames of {root} ({native}px JPEGs), {cores} cores; pipeline: '
-        f'view={_VIEW.value}, image_size={_SIZE.value}, batch={_BATCH.value}, workers={workers}, '
-        f'threads={threads}; malloc: {"keeps freed memory" if kept else "system default"}; '
-        f'load average before: {os.getloadavg()[0]:.2f}')
-  common = dict(batch_size=_BATCH.value, shard=(0, 1), num_workers=workers, num_threads=threads, seed=0)
-  raw_side = RawDecode(paths, cores)
-  least_side = RawDecode(paths, cores, resize_to=_SIZE.value)
-
-  def timed_pipeline(ds, size: int, seconds: float) -> tuple[int, float]:
-    side = Pipeline(ds, size)  # one pipeline alive at a time: its workers never run beside others
-    try:
-      return side.run(seconds)
-    finally:
-      side.it.close()
-
-  # Raw decoding is timed before and after the pipeline, so slow drift in background load shows
-  # up on both sides of the ratio.
-  raw = [raw_side.run(_SECONDS.value / 2)]
-  pipe = timed_pipeline(datasets.finetune_dataset(source, image_size=_SIZE.value, view=_VIEW.value,
-                                                  **common), _SIZE.value, _SECONDS.value)
-  raw.append(raw_side.run(_SECONDS.value / 2))
-  least = least_side.run(_SECONDS.value / 2)
-  # Context: the same machinery without augmentation at the files' own size (read, decode,
-  # batch), separating framework cost from augmentation cost.
-  plain = timed_pipeline(datasets.finetune_dataset(source, image_size=native, scale=(1.0, 1.0),
-                                                   rand_augment=None, erase_prob=0.0, **common),
-                         native, _SECONDS.value / 2)
-  rate = {'raw': sum(d for d, _ in raw) / sum(t for _, t in raw),
-          'pipeline': pipe[0] / pipe[1], 'plain': plain[0] / plain[1], 'least': least[0] / least[1]}
-  print(f'raw decode before / after the pipeline: {raw[0][0] / raw[0][1]:.0f} / '
-        f'{raw[1][0] / raw[1][1]:.0f} images/s')
-  print(f'raw cv2.imdecode (read + decode, {cores} threads): {rate["raw"]:.0f} images/s')
-  print(f'fine-tuning pipeline (decode + {_VIEW.value} region + RandomResizedCrop {_SIZE.value} + '
-        f'flip + RandAugment + erasing + uint8 batch): {rate["pipeline"]:.0f} images/s')
-  print(f'decode + batch only ({native}px, no augmentation): {rate["plain"]:.0f} images/s '
-        f'({rate["plain"] / rate["raw"]:.3f} of raw)')
-  print(f'decode + one bicubic resize to {_SIZE.value}, {cores} threads, no batching (the least a '
-        f'recipe handing over {_SIZE.value}px crops does): {rate["least"]:.0f} images/s '
-        f'({rate["least"] / rate["raw"]:.3f} of raw: the most any such pipeline can reach here)')
+  print(f'{len(source)} frames of {root}, {cores} cores, view {_VIEW.value}; malloc keeps freed '
+        f'memory: {kept}; load average before: {os.getloadavg()[0]:.2f}')
+  if not _SKIP_HOST.value:
+    host_half(source, cores)
+  if not _SKIP_DEVICE.value:
+    device_half(source)
   print(f'load average after: {os.getloadavg()[0]:.2f}')
-  print(f'ratio = pipeline images/s / raw decode images/s = {rate["pipeline"] / rate["raw"]:.3f}')
-  if _STAGES.value:
-    stage_costs(source, _VIEW.value, _SIZE.value, _BATCH.value)
 
 
 if __name__ == '__main__':

@@ -1,10 +1,11 @@
 """Times one MAE pretraining step (forward, backward, AdamW update) in JAX and in PyTorch.
 
 The JAX side is the pretraining program's own step (`loop.make_train_step` with
-`train_pretrain.mae_loss_fn`: uint8 images normalised on the device, per-example mask noise,
-MAE's AdamW with its weight-decay mask and lr schedule, donated state) on one device. PyTorch runs
-the reference model of `benchmarks/torch_mae.py` eagerly with `torch.optim.AdamW`, from the same
-weights, on the same images (normalised). Repetitions alternate JAX, PyTorch, JAX, ... so load
+`train_pretrain.mae_loss_fn`: uint8 images cropped, flipped and normalised on the device,
+per-example mask noise, MAE's AdamW with its weight-decay mask and lr schedule, donated state) on
+one device. PyTorch runs the reference model of `benchmarks/torch_mae.py` eagerly with
+`torch.optim.AdamW`, from the same weights, on the same images (normalised; its augmentation would
+be its data loader's, so the JAX side also pays for the crop and flip that PyTorch leaves out). Repetitions alternate JAX, PyTorch, JAX, ... so load
 from other processes hits both sides alike; the medians and `ratio = JAX time / PyTorch time` are
 printed (below 1 means JAX is faster), with images/s, the step's FLOPs as XLA counts them, a
 measured matmul peak and the MFU.
@@ -89,8 +90,7 @@ def jax_step_fn(config, torch_state, device):
   weights = ts.flatten(nnx.state(model, nnx.Param))
   mesh = sharding.make_mesh(config.mesh, [device])
   run = loop.setup(config, mesh, lambda: build_model(config), None, overrides=weights)
-  num_patches = (config.model.img_size // config.model.patch_size) ** 2
-  step = loop.train_step_for(run, mae_loss_fn(num_patches), {'image': 4})
+  step = loop.train_step_for(run, mae_loss_fn(config), {'image': 4})
   holder = {'state': run.placed.state}
 
   def once(images):

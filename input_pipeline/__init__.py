@@ -6,8 +6,8 @@ Modules, one idea each (signatures in their docstrings):
     folders     plain image folders: unlabeled_images, labeled_images
     regions     region boxes (landmarks or aligned template) and synthesize_regions; CLI writing
                 <root>/cropped_aligned_<variant>/
-    transforms  grain transforms: Decode, RegionView, RandomResizedCrop, RandomFlip, RandAugment,
-                RandomErasing, ResizeCenterCrop, collate
+    transforms  the host's per-record work: Decode (image at the stored size, region boxes),
+                SelectKeys, collate; augmentation is the device's (mae_face_jax.augment)
     skips       unreadable images: dropped before batching, logged once, counted per epoch
     datasets    pretrain_dataset, finetune_dataset, eval_dataset, paired_dataset -> grain.IterDataset
     tfds_build  TFDS ArrayRecord builds and read-back as a grain source

@@ -1,12 +1,11 @@
-"""Accounting for unreadable images: drop them before batching, count, log, report per epoch.
+"""Accounting for unreadable images: count, log, report per epoch.
 
-``transforms.Decode`` turns an unreadable record into ``{SKIPPED: path, 'epoch': e}``. The pipeline
-drops it with ``CarrySkips`` right before batching (in a worker process when batching happens there):
-the (epoch, path) pairs ride along on the next good record under '_skipped', and ``transforms.Collate``
-gathers them per batch. ``ReportSkips`` in the main process logs each path once, counts skips, and
-reports an epoch's count once all of its records (good or skipped) have been seen, which stays exact
-when worker processes deliver batches interleaved. Its iterator state holds the counts, so they
-survive checkpoint and restore. It also trims or pads a short last batch.
+``transforms.DecodeBatch`` leaves an unreadable image out of its batch and lists its (epoch, path)
+under '_skipped', with the epochs of the rows it read under 'epoch'. ``ReportSkips`` in the main
+process logs each path once, counts skips, and reports an epoch's count once all of its records
+(read or skipped) have been seen, which stays exact when worker processes deliver batches
+interleaved. Its iterator state holds the counts, so they survive checkpoint and restore. It also
+drops (training) or pads (evaluation) a short batch.
 """
 
 from __future__ import annotations
@@ -16,45 +15,9 @@ import logging
 import grain
 import numpy as np
 
-from input_pipeline.transforms import CARRIED, SKIPPED
+from input_pipeline.transforms import CARRIED
 
 log = logging.getLogger('input_pipeline.datasets')
-
-
-class _CarrySkipsIterator(grain.DatasetIterator):
-
-  def __init__(self, parent: grain.DatasetIterator):
-    super().__init__(parent)
-    self._pending: list[list] = []
-
-  def __next__(self) -> dict:
-    while True:
-      try:
-        record = next(self._parent)
-      except StopIteration:
-        if self._pending:  # skips after the last good record travel alone
-          carried, self._pending = self._pending, []
-          return {CARRIED: carried}
-        raise
-      if SKIPPED in record:
-        self._pending.append([int(record['epoch']), record[SKIPPED]])
-        continue
-      carried, self._pending = self._pending, []
-      return {**record, CARRIED: carried}
-
-  def get_state(self) -> dict:
-    return {'parent': self._parent.get_state(), 'pending': [list(p) for p in self._pending]}
-
-  def set_state(self, state: dict) -> None:
-    self._parent.set_state(state['parent'])
-    self._pending = [list(p) for p in state['pending']]
-
-
-class CarrySkips(grain.IterDataset):
-  """Drops skip markers, attaching them to the next good record (see the module docstring)."""
-
-  def __iter__(self) -> _CarrySkipsIterator:
-    return _CarrySkipsIterator(self._parent.__iter__())
 
 
 class _ReportSkipsIterator(grain.DatasetIterator):

@@ -1,24 +1,25 @@
-"""Grain transforms on frame records: decode, region view, crops, flips, RandAugment-style ops.
+"""The host's per-record work: read and decode an image (and its region boxes), then batch.
 
-Records are dicts (see ``abaw``). Images stay uint8 RGB HWC through every transform and into the
-batch (``collate`` stacks them): cheap to compute and to pass between processes and to the device,
-where the programs normalise them (``mae_face_jax.images.normalize``). A record whose image cannot
-be decoded becomes ``{SKIPPED: path}``: later transforms pass it through and ``skips`` drops and
-counts it before batching.
+Everything else (crops, flips, RandAugment, erasing, region fill, evaluation resize) runs in the
+jitted step on the device (`mae_face_jax.augment`): the host hands over uint8 RGB images at the
+dataset's stored size, a quarter of the bytes of 224² crops for 112² faces, and does no per-pixel
+work beyond decoding. An image of another size is resized (on the host) to the stored size, the
+only exception. Records are decoded a batch at a time (one grain element per batch, not per
+record: grain's per-element overhead would otherwise cost a third of a decode).
 
-Every geometric or photometric transform applies the *same* random parameters to all image views of
-a record ('image' and, in paired mode, 'region_image'), so the two views stay pixel-aligned.
-
-Public API (grain transforms):
-    Decode(), RegionView(variant, fill, margin, keep_face), RandomResizedCrop(size, scale, ratio),
-    RandomFlip(), RandAugment(num_ops=2, magnitude=9, magnitude_std=0.5), RandomErasing(prob),
-    ResizeCenterCrop(size, crop_pct), SelectKeys(keys), collate (a batch_fn)
+Public API:
+    read_image(record) -> uint8 RGB or None; stored_size(source) -> (height, width)
+    resize_to(image, size); padded_boxes(variant, height, width, landmarks, margin)
+    DecodeBatch(sampler, stop, keys, size, variant=None, margin=0.1, region_dir=None, fill=True)
+        grain map: batch index -> a decoded batch
 """
 
 from __future__ import annotations
 
-import math
+import os
 from collections.abc import Callable, Sequence
+from concurrent import futures
+from typing import Any
 
 import cv2
 import grain
@@ -26,10 +27,8 @@ import numpy as np
 
 from input_pipeline import abaw, regions
 
-SKIPPED = 'skipped_path'
-CARRIED = '_skipped'  # (epoch, path) of skipped records riding on a good one (see skips.py)
-IMAGE_KEYS = ('image', 'region_image')
-FILL_GRAY = (124, 116, 104)  # ImageNet mean (0.485, 0.456, 0.406) as uint8: border fill, as timm
+CARRIED = '_skipped'  # a batch's list of (epoch, path) of unreadable images (see skips.py)
+MAX_BOXES = max(len(regions.region_boxes(v, 112, 112)) for v in regions.VARIANTS)
 
 
 def read_image(record: dict) -> np.ndarray | None:
@@ -42,288 +41,132 @@ def read_image(record: dict) -> np.ndarray | None:
     return None
 
 
-class Decode(grain.transforms.Map):
-  """record -> record with 'image' (uint8 RGB), or {SKIPPED: path} when unreadable."""
-
-  def map(self, record: dict) -> dict:
-    image = read_image(record)
-    if image is None:
-      return {SKIPPED: record.get('path') or f"<bytes of video {record.get('video')} "
-                                               f"frame {record.get('frame')}>",
-              'epoch': record.get('epoch', 0)}
-    return {**record, 'image': image}
-
-
-class RegionView(grain.transforms.Map):
-  """Synthesises the region view on the fly: into 'region_image' (keep_face) or over 'image'."""
-
-  def __init__(self, variant: str, fill: int | Sequence[int] = 0, margin: float = 0.1,
-               keep_face: bool = False):
-    self.variant, self.fill, self.margin, self.keep_face = variant, fill, margin, keep_face
-
-  def map(self, record: dict) -> dict:
-    if SKIPPED in record:
-      return record
-    landmarks = abaw.read_landmarks(record['landmarks']) if record.get('landmarks') else None
-    view = regions.synthesize_regions(record['image'], self.variant, self.fill, landmarks,
-                                      self.margin)
-    return {**record, ('region_image' if self.keep_face else 'image'): view}
+def stored_size(source: Any, probe: int = 16) -> tuple[int, int]:
+  """(height, width) of the first readable image among the source's first `probe` records: the
+  size every batch of this dataset has."""
+  for i in range(min(probe, len(source))):
+    image = read_image(source[i])
+    if image is not None:
+      return image.shape[:2]
+  raise ValueError(f'none of the first {min(probe, len(source))} images of the source can be '
+                   f'read (first: {source[0].get("path", "<bytes>") if len(source) else "none"})')
 
 
-def _apply(record: dict, fn: Callable[[np.ndarray], np.ndarray]) -> dict:
-  out = dict(record)
-  for key in IMAGE_KEYS:
-    if key in out:
-      out[key] = fn(out[key])
+def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """`image` at (height, width) `size` (area filter shrinking, bicubic enlarging); as is if it is."""
+  h, w = image.shape[:2]
+  if (h, w) == tuple(size):
+    return image
+  shrink = h * w > size[0] * size[1]
+  return cv2.resize(image, (size[1], size[0]),
+                    interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+
+def padded_boxes(variant: str, height: int, width: int, landmarks: np.ndarray | None,
+                 margin: float) -> np.ndarray:
+  """int32 (MAX_BOXES, 4) [x0, y0, x1, y1) region boxes; unused rows are zeros (empty boxes)."""
+  out = np.zeros((MAX_BOXES, 4), np.int32)
+  boxes = regions.region_boxes(variant, height, width, landmarks, margin)
+  out[:len(boxes)] = boxes
   return out
 
 
-def random_resized_crop_box(rng: np.random.Generator, height: int, width: int,
-                            scale: tuple[float, float], ratio: tuple[float, float]
-                            ) -> tuple[int, int, int, int]:
-  """(x, y, w, h) of a crop covering a random area fraction and aspect ratio (the usual RRC rule)."""
-  area = height * width
-  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-  for _ in range(10):
-    target = area * rng.uniform(*scale)
-    aspect = math.exp(rng.uniform(*log_ratio))
-    w = int(round(math.sqrt(target * aspect)))
-    h = int(round(math.sqrt(target / aspect)))
-    if 0 < w <= width and 0 < h <= height:
-      return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
-  # Fallback: the largest centred crop with the aspect ratio clamped into range.
-  aspect = width / height
-  if aspect < ratio[0]:
-    w, h = width, int(round(width / ratio[0]))
-  elif aspect > ratio[1]:
-    h, w = height, int(round(height * ratio[1]))
-  else:
-    w, h = width, height
-  return (width - w) // 2, (height - h) // 2, w, h
-
-
-class RandomResizedCrop(grain.transforms.RandomMap):
-  """Random area/aspect crop resized (bicubic) to size x size; same box for every view."""
-
-  def __init__(self, size: int, scale: tuple[float, float] = (0.2, 1.0),
-               ratio: tuple[float, float] = (3 / 4, 4 / 3)):
-    self.size, self.scale, self.ratio = size, scale, ratio
-
-  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
-    if SKIPPED in record:
-      return record
-    h, w = record['image'].shape[:2]
-    x, y, cw, ch = random_resized_crop_box(rng, h, w, self.scale, self.ratio)
-    return _apply(record, lambda im: cv2.resize(im[y:y + ch, x:x + cw], (self.size, self.size),
-                                                interpolation=cv2.INTER_CUBIC))
-
-
-class RandomFlip(grain.transforms.RandomMap):
-  """Horizontal flip with probability 1/2; same decision for every view."""
-
-  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
-    if SKIPPED in record or rng.random() >= 0.5:
-      return record
-    return _apply(record, lambda im: cv2.flip(im, 1))
-
-
-class ResizeCenterCrop(grain.transforms.Map):
-  """Evaluation: resize the short side to size / crop_pct (bicubic), then centre-crop size x size."""
-
-  def __init__(self, size: int, crop_pct: float = 0.875):
-    self.size, self.crop_pct = size, crop_pct
-
-  def _one(self, image: np.ndarray) -> np.ndarray:
-    h, w = image.shape[:2]
-    short = int(math.floor(self.size / self.crop_pct))
-    if h <= w:
-      nh, nw = short, max(short, round(w * short / h))
-    else:
-      nh, nw = max(short, round(h * short / w)), short
-    if (nh, nw) != (h, w):
-      image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_CUBIC)
-    y, x = (nh - self.size) // 2, (nw - self.size) // 2
-    return np.ascontiguousarray(image[y:y + self.size, x:x + self.size])
-
-  def map(self, record: dict) -> dict:
-    return record if SKIPPED in record else _apply(record, self._one)
-
-
-# --- RandAugment-style operations. Each takes (image, level in [0, 1], sign) and returns uint8. ---
-
-def _blend(image: np.ndarray, other: np.ndarray | float, factor: float) -> np.ndarray:
-  """image * factor + other * (1 - factor), saturated to uint8 (PIL ImageEnhance semantics)."""
-  if not isinstance(other, np.ndarray):
-    other = np.full_like(image, int(round(other)))
-  return cv2.addWeighted(image, factor, other, 1.0 - factor, 0)
-
-
-def _affine(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-  h, w = image.shape[:2]
-  return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR,
-                        borderMode=cv2.BORDER_CONSTANT, borderValue=FILL_GRAY)
-
-
-def _centered(h: int, w: int, linear: np.ndarray) -> np.ndarray:
-  """Affine matrix applying a 2x2 map about the image centre."""
-  c = np.array([(w - 1) / 2, (h - 1) / 2])
-  return np.concatenate([linear, (c - linear @ c)[:, None]], 1).astype(np.float32)
-
-
-def _rotate(im, level, sign):
-  h, w = im.shape[:2]
-  return _affine(im, cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), sign * 30.0 * level, 1.0))
-
-
-def _shear_x(im, level, sign):
-  return _affine(im, _centered(*im.shape[:2], np.array([[1.0, sign * 0.3 * level], [0.0, 1.0]])))
-
-
-def _shear_y(im, level, sign):
-  return _affine(im, _centered(*im.shape[:2], np.array([[1.0, 0.0], [sign * 0.3 * level, 1.0]])))
-
-
-def _translate_x(im, level, sign):
-  return _affine(im, np.float32([[1, 0, sign * 0.45 * level * im.shape[1]], [0, 1, 0]]))
-
-
-def _translate_y(im, level, sign):
-  return _affine(im, np.float32([[1, 0, 0], [0, 1, sign * 0.45 * level * im.shape[0]]]))
-
-
-def _lut(im: np.ndarray, table: np.ndarray) -> np.ndarray:
-  """Applies a 256-entry table (shared or one column per channel) with one cv2.LUT pass."""
-  table = np.clip(np.round(table), 0, 255).astype(np.uint8)
-  return cv2.LUT(im, table.reshape(256, 1, -1) if table.ndim == 2 else table)
-
-
-_RAMP = np.arange(256, dtype=np.float32)
-
-
-def _auto_contrast(im, level, sign):
-  lo = np.array([cv2.minMaxLoc(c)[0] for c in cv2.split(im)], np.float32)
-  hi = np.array([cv2.minMaxLoc(c)[1] for c in cv2.split(im)], np.float32)
-  scale = np.where(hi > lo, 255.0 / np.maximum(hi - lo, 1), 1.0)
-  offset = np.where(hi > lo, -lo * scale, 0.0)
-  return _lut(im, _RAMP[:, None] * scale + offset)
-
-
-def _equalize(im, level, sign):
-  return cv2.merge([cv2.equalizeHist(c) for c in cv2.split(im)])
-
-
-def _invert(im, level, sign):
-  return cv2.bitwise_not(im)
-
-
-def _posterize(im, level, sign):
-  bits = 8 - int(round(4 * level))  # increasing severity: 8 bits (none) down to 4
-  return im & np.uint8((0xFF << (8 - bits)) & 0xFF)
-
-
-def _solarize(im, level, sign):
-  threshold = 256 - int(round(256 * level))
-  return _lut(im, np.where(_RAMP >= threshold, 255 - _RAMP, _RAMP))
-
-
-def _solarize_add(im, level, sign):
-  return _lut(im, np.where(_RAMP < 128, _RAMP + round(110 * level), _RAMP))
-
-
-def _color(im, level, sign):
-  gray = cv2.cvtColor(cv2.cvtColor(im, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
-  return _blend(im, gray, 1.0 + sign * 0.9 * level)
-
-
-def _contrast(im, level, sign):
-  mean = float(cv2.cvtColor(im, cv2.COLOR_RGB2GRAY).mean())
-  factor = 1.0 + sign * 0.9 * level
-  return _lut(im, _RAMP * factor + mean * (1 - factor))
-
-
-def _brightness(im, level, sign):
-  return _lut(im, _RAMP * (1.0 + sign * 0.9 * level))
-
-
-def _sharpness(im, level, sign):
-  smooth = cv2.filter2D(im, -1, np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13)
-  return _blend(im, smooth, 1.0 + sign * 0.9 * level)
-
-
-RAND_AUGMENT_OPS = {
-    'AutoContrast': _auto_contrast, 'Equalize': _equalize, 'Invert': _invert, 'Rotate': _rotate,
-    'Posterize': _posterize, 'Solarize': _solarize, 'SolarizeAdd': _solarize_add, 'Color': _color,
-    'Contrast': _contrast, 'Brightness': _brightness, 'Sharpness': _sharpness, 'ShearX': _shear_x,
-    'ShearY': _shear_y, 'TranslateX': _translate_x, 'TranslateY': _translate_y,
-}
-
-
-class RandAugment(grain.transforms.RandomMap):
-  """num_ops ops drawn uniformly, each applied with probability ``prob`` at a magnitude drawn from
-  N(magnitude, magnitude_std) clipped to [0, 10] (the fine-tuning recipe's rand-m9-mstd0.5)."""
-
-  def __init__(self, num_ops: int = 2, magnitude: float = 9.0, magnitude_std: float = 0.5,
-               prob: float = 0.5, ops: Sequence[str] = tuple(RAND_AUGMENT_OPS)):
-    self.num_ops, self.magnitude, self.magnitude_std, self.prob = num_ops, magnitude, magnitude_std, prob
-    self.ops = tuple(ops)
-
-  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
-    if SKIPPED in record:
-      return record
-    for name in rng.choice(self.ops, self.num_ops):
-      # Draw every number even when the op is skipped, so the stream does not depend on outcomes.
-      apply = rng.random() < self.prob
-      m, sign = rng.normal(self.magnitude, self.magnitude_std), rng.choice((-1, 1))
-      if apply:
-        level = float(np.clip(m, 0.0, 10.0)) / 10.0
-        record = _apply(record, lambda im, f=RAND_AUGMENT_OPS[name]: f(im, level, float(sign)))
-    return record
-
-
-class RandomErasing(grain.transforms.RandomMap):
-  """With probability ``prob`` replaces a random rectangle (2-33% of the area) with uniform noise."""
-
-  def __init__(self, prob: float = 0.25, area: tuple[float, float] = (0.02, 1 / 3),
-               ratio: tuple[float, float] = (0.3, 3.3)):
-    self.prob, self.area, self.ratio = prob, area, ratio
-
-  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
-    if SKIPPED in record or rng.random() >= self.prob:
-      return record
-    h, w = record['image'].shape[:2]
-    for _ in range(10):
-      target = h * w * rng.uniform(*self.area)
-      aspect = math.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
-      eh, ew = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
-      if 0 < eh < h and 0 < ew < w:
-        y, x = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
-        noise = rng.integers(0, 256, (eh, ew, 3), dtype=np.uint8)
-
-        def erase(im):
-          im = im.copy()
-          im[y:y + eh, x:x + ew] = noise
-          return im
-        return _apply(record, erase)
-    return record
-
-
-class SelectKeys(grain.transforms.Map):
-  """Keeps the array-valued keys a batch carries (drops paths) and casts scalars to int32."""
-
-  def __init__(self, keys: Sequence[str]):
-    self.keys = tuple(keys)
-
-  def map(self, record: dict) -> dict:
-    if SKIPPED in record:
-      return record
-    return {k: (record[k] if k in IMAGE_KEYS else np.int32(record[k])) for k in self.keys}
-
-
-def collate(records: Sequence[dict]) -> dict:
-  """grain ``batch_fn``: stacks records into a batch and gathers the carried skips (see skips.py)."""
-  rows = [r for r in records if len(r) > 1 or CARRIED not in r]  # not a skips-only record
-  batch = {CARRIED: [s for r in records for s in r.get(CARRIED, ())]}
-  for key in (rows[0] if rows else ()):
-    if key != CARRIED:
-      batch[key] = np.stack([np.asarray(r[key]) for r in rows])
-  return batch
+def region_path(path: str, images_dir: str) -> str:
+  """The same frame's file in a sibling images directory (a written region view)."""
+  head, file = os.path.split(path)
+  head, video = os.path.split(head)
+  return os.path.join(os.path.dirname(head), images_dir, video, file)
+
+
+class DecodeBatch(grain.transforms.Map):
+  """Batch index -> the batch (see `datasets` for its layout): `sampler(index, stop)` gives its
+  records and their epochs; each image is read, decoded and copied into one fresh (rows, H, W, 3)
+  array at `size` (height, width); a region `variant` adds each frame's boxes (from its
+  landmarks, else the aligned template); `region_dir` reads the written region view of each
+  frame into 'region_image'.
+
+  An unreadable image is skipped: its (epoch, path) goes into the batch's CARRIED list and, with
+  `fill`, its row is filled with another image of the batch (training batches keep their shape);
+  without it the batch is shorter (evaluation pads it, masked). 'epoch' lists the epochs of the
+  rows read (for `skips.ReportSkips`).
+  """
+
+  def __init__(self, sampler: Callable[[int, int], list[tuple[dict, int]]], stop: int,
+               keys: Sequence[str], size: tuple[int, int], variant: str | None = None,
+               margin: float = 0.1, region_dir: str | None = None, fill: bool = True,
+               threads: int = 0):
+    self.sampler, self.stop, self.keys, self.size = sampler, stop, tuple(keys), tuple(size)
+    self.variant, self.margin, self.region_dir, self.fill = variant, margin, region_dir, fill
+    self.threads = threads or os.cpu_count() or 1
+    self._pool: futures.ThreadPoolExecutor | None = None
+
+  def __getstate__(self) -> dict:  # worker processes make their own thread pool
+    return {**self.__dict__, '_pool': None}
+
+  def _read_all(self, records: list[tuple[dict, int]]) -> list[tuple[np.ndarray | None, ...]]:
+    """Every record's image (and region image) decoded, in threads: OpenCV releases the GIL, so
+    a batch decodes on every core of one process (grain's worker processes would copy each batch
+    through fresh shared memory, which costs more than decoding it here)."""
+    def read(item):
+      record = item[0]
+      image = read_image(record)
+      if image is None or not self.region_dir:
+        return image, None
+      return image, read_image({'path': region_path(record['path'], self.region_dir)})
+    if self.threads == 1:
+      return [read(r) for r in records]
+    if self._pool is None:
+      self._pool = futures.ThreadPoolExecutor(self.threads)
+    chunk = -(-len(records) // self.threads)
+    parts = self._pool.map(lambda i: [read(r) for r in records[i:i + chunk]],
+                           range(0, len(records), chunk))
+    return [x for part in parts for x in part]
+
+  def _boxes(self, record: dict, height: int, width: int) -> np.ndarray:
+    landmarks = abaw.read_landmarks(record['landmarks']) if record.get('landmarks') else None
+    boxes = padded_boxes(self.variant, height, width, landmarks, self.margin)
+    if (height, width) != self.size:  # boxes of the resized image
+      sy, sx = self.size[0] / height, self.size[1] / width
+      boxes = np.round(boxes * np.array([sx, sy, sx, sy])).astype(np.int32)
+    return boxes
+
+  def map(self, index: int) -> dict:
+    records = self.sampler(index, self.stop)
+    n = len(records)
+    out = {'image': np.empty((n, *self.size, 3), np.uint8)}
+    if self.region_dir:
+      out['region_image'] = np.empty((n, *self.size, 3), np.uint8)
+    if self.variant:
+      out['boxes'] = np.zeros((n, MAX_BOXES, 4), np.int32)
+    for key in self.keys:
+      if key not in out:
+        out[key] = np.empty(n, np.int32)
+    rows, carried, epochs = 0, [], []
+    for (record, epoch), (image, region) in zip(records, self._read_all(records)):
+      if image is None:
+        carried.append([epoch, record.get('path') or f"<bytes of video {record.get('video')} "
+                                                      f"frame {record.get('frame')}>"])
+        continue
+      if self.region_dir:
+        if region is None:
+          carried.append([epoch, region_path(record['path'], self.region_dir)])
+          continue
+        out['region_image'][rows] = resize_to(region, self.size)
+      out['image'][rows] = resize_to(image, self.size)
+      if self.variant:
+        out['boxes'][rows] = self._boxes(record, *image.shape[:2])
+      for key in ('label', 'video', 'frame'):
+        if key in out:
+          out[key][rows] = record[key]
+      epochs.append(epoch)
+      rows += 1
+    if rows < n and self.fill:
+      if not rows:
+        raise ValueError(f'no image of a whole batch could be read: {carried[0][1]}, ...')
+      for value in out.values():
+        value[rows:] = value[np.arange(n - rows) % rows]
+      rows = n
+    batch = {k: v[:rows] for k, v in out.items()}
+    batch[CARRIED] = carried
+    batch['epoch'] = np.asarray(epochs, np.int64)
+    return batch

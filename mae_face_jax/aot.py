@@ -211,8 +211,7 @@ def compile_pretrain_step(config: Any, topology: str) -> tuple[Any, Estimate]:
   if config.batch_size % mesh.size:
     raise ValueError(f'batch_size {config.batch_size} is not divisible by {mesh.size} devices')
   run = loop.setup(config, mesh, lambda: build_model(config), IMAGENET_IMAGES, abstract=True)
-  num_patches = (config.model.img_size // config.model.patch_size) ** 2
-  step = loop.train_step_for(run, train_pretrain.mae_loss_fn(num_patches), {'image': 4})
+  step = loop.train_step_for(run, train_pretrain.mae_loss_fn(config), {'image': 4})
   accum = int(config.get('grad_accum_steps', 1))
   size = config.model.img_size
   batch = {'image': jax.ShapeDtypeStruct(

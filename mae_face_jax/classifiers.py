@@ -8,8 +8,8 @@
   folder `--mode=import_torch` writes, with the architecture from a finetune config.
 
 Every kind takes aligned faces at the ABAW crops' size (uint8 RGB) and their 5 landmarks in the
-aligned image, makes its view(s) as evaluation does (region view, then resize + centre crop), and
-returns class probabilities.
+aligned image, makes its view(s) as evaluation does (region view, then resize + centre crop, on the
+device), and returns class probabilities.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from input_pipeline import regions, transforms
+from input_pipeline import transforms
 from mae_face_jax import checkpointing, report, torch_interop
 from mae_face_jax import train_state as ts
-from mae_face_jax.images import normalize
+from mae_face_jax import images as images_lib
 from mae_face_jax.models.build import build_model, build_vit
 from mae_face_jax.models.fusion import head_name
 
@@ -46,36 +46,36 @@ class Classifier:
   config: Any                   # the program config (data, model, views)
   views: tuple[str, ...]        # 'face' and/or a region variant, in the model's input order
   window: int                   # smoothing window chosen on validation (1: none known)
-  apply: Callable[..., jax.Array]  # normalised views → probabilities
+  apply: Callable[..., jax.Array]  # a batch (stored-size uint8 'image', 'boxes') → probabilities
 
-  def views_of(self, face: np.ndarray, points: np.ndarray | None) -> list[np.ndarray]:
-    """An aligned face (and its landmarks there, None: the template) → the model's inputs."""
-    d = self.config.data
-    resize = transforms.ResizeCenterCrop(self.config.model.img_size, d.crop_pct)
-    crop = lambda image: resize.map({'image': image})['image']
-    out = []
-    for view in self.views:
-      image = face if view == 'face' else regions.synthesize_regions(
-          face, view, tuple(np.broadcast_to(d.region_fill, 3).tolist()), points, d.region_margin)
-      out.append(crop(image))
-    return out
+  def batch_of(self, faces: np.ndarray, points: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Aligned faces (and their landmarks there, None: the template) → the model's input batch:
+    the faces, and the region boxes when a view is a region view."""
+    batch = {'image': np.asarray(faces)}
+    region = [v for v in self.views if v != 'face']
+    if region:
+      h, w = batch['image'].shape[1:3]
+      pts = points if points is not None else [None] * len(faces)
+      batch['boxes'] = np.stack([transforms.padded_boxes(region[0], h, w, p,
+                                                         self.config.data.region_margin)
+                                 for p in pts]).reshape(len(faces), transforms.MAX_BOXES, 4)
+    return batch
 
   def __call__(self, faces: np.ndarray, points: np.ndarray | None = None) -> np.ndarray:
     """(N, S, S, 3) uint8 aligned faces → (N, 8) probabilities."""
-    per_view = [self.views_of(f, None if points is None else p)
-                for f, p in zip(faces, points if points is not None else [None] * len(faces))]
-    batches = [np.stack([v[i] for v in per_view]) for i in range(len(self.views))]
-    return self.probs(*batches)
+    return self.probs(self.batch_of(faces, points))
 
-  def probs(self, *views: np.ndarray) -> np.ndarray:
-    """Probabilities of already-made view batches (uint8), in batches of a fixed size."""
-    n, size = len(views[0]), 32
+  def probs(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    """Probabilities of a batch as the pipeline makes them ('image' at the stored size, and
+    'boxes' for a region view), in chunks of a fixed size (one compiled shape)."""
+    n, size = len(batch['image']), 32
     out = []
     for start in range(0, n, size):
-      chunk = [v[start:start + size] for v in views]
-      pad = size - len(chunk[0])
-      chunk = [np.concatenate([c, np.zeros((pad, *c.shape[1:]), c.dtype)]) for c in chunk]
-      out.append(np.asarray(self.apply(*[jnp.asarray(c) for c in chunk]))[:size - pad])
+      chunk = {k: v[start:start + size] for k, v in batch.items()}
+      pad = size - len(chunk['image'])
+      chunk = {k: np.concatenate([c, np.zeros((pad, *c.shape[1:]), c.dtype)])
+               for k, c in chunk.items()}
+      out.append(np.asarray(self.apply({k: jnp.asarray(c) for k, c in chunk.items()}))[:size - pad])
     return np.concatenate(out) if out else np.zeros((0, 8), np.float32)
 
 
@@ -116,10 +116,13 @@ def _abstract(build: Callable[[], nnx.Module]) -> nnx.Module:
   return model
 
 
-def _single_view(model: nnx.Module) -> Callable:
+def _single_view(model: nnx.Module, config: Any) -> Callable:
   graphdef, state = nnx.split(model)
-  return jax.jit(lambda x: jax.nn.softmax(
-      nnx.merge(graphdef, state)(normalize(x)).astype(jnp.float32), -1))
+
+  def apply(batch):
+    images = images_lib.eval_input(images_lib.single_view(batch, config.data), config)
+    return jax.nn.softmax(nnx.merge(graphdef, state)(images).astype(jnp.float32), -1)
+  return jax.jit(apply)
 
 
 def _best_window(workdir: str) -> int:
@@ -141,7 +144,7 @@ def from_finetune_workdir(workdir: str) -> Classifier:
     raise ModelError(f'{workdir}: a fine-tuning workdir without best/ (no evaluation finished)')
   set_params(model, ts.flatten(checkpointing.read_numpy(best)), best)
   return Classifier(f'finetune {config.view}', config, (config.view,), _best_window(workdir),
-                    _single_view(model))
+                    _single_view(model, config))
 
 
 def _fusion_choice(workdir: str, methods: list[str]) -> tuple[str, int]:
@@ -172,9 +175,10 @@ def from_fusion_workdir(workdir: str) -> Classifier:
   method, window = _fusion_choice(workdir, list(config.fusion.methods))
   graphdef, state = nnx.split(model)
 
-  def apply(face, region):
+  def apply(batch):
     m = nnx.merge(graphdef, state)
-    main, aux = m.tokens(normalize(face), normalize(region))
+    face, region = images_lib.face_and_region(batch, config.data)
+    main, aux = m.tokens(images_lib.eval_input(face, config), images_lib.eval_input(region, config))
     return jax.nn.softmax(m.heads[method](main, aux).astype(jnp.float32), -1)
   return Classifier(f'fusion {method}', config, ('face', config.region_view), window,
                     jax.jit(apply))
@@ -195,7 +199,7 @@ def from_torch(path: str, config: Any) -> Classifier:
       raise ModelError(f'{path}: not a fine-tuned ViT of this config (missing '
                        f'{(loaded.missing or loaded.reinitialised)[:3]})')
   return Classifier(f'torch {os.path.basename(path.rstrip("/"))}', config, (config.view,), 1,
-                    _single_view(model))
+                    _single_view(model, config))
 
 
 def load(path: str, config: Any = None) -> Classifier:

@@ -10,7 +10,8 @@ Pretraining sources (`data.source`):
                step s are exactly rows [p·b, (p+1)·b) of the global batch s, so a run on any number
                of hosts sees the same global batches (multi-host tests, throughput benchmarks)
 Fine-tuning and fusion read 'abaw' or 'demo'. Every training iterator yields uint8 RGB images and
-has Grain's `get_state`/`set_state`, which the checkpoints store.
+has Grain's `get_state`/`set_state`, which the checkpoints store. Images come at their stored
+size; the programs' steps crop, augment or resize them (`mae_face_jax.images`).
 """
 
 from __future__ import annotations
@@ -64,24 +65,22 @@ def labelled_splits(config: Any, workdir: str
 
 
 def finetune_iterator(config: Any, source: abaw.FrameSource) -> Iterator:
-  """This host's endless, augmented, checkpointable iterator over a training split of one view."""
+  """This host's endless, checkpointable iterator over a training split of one view (stored-size
+  images, and the region boxes of a region view; the step augments)."""
   d = config.data
-  ra = d.get('rand_augment', None)
   return iter(datasets.finetune_dataset(
-      source, batch_size=local_batch_size(config.batch_size), image_size=config.model.img_size,
-      seed=config.seed, view=config.view, region_fill=d.region_fill, region_margin=d.region_margin,
-      scale=tuple(d.scale), rand_augment=tuple(ra) if ra else None, erase_prob=d.erase_prob,
-      class_balanced=d.class_balanced, balance_power=d.get('balance_power', 1.0),
-      num_workers=d.num_workers, num_threads=d.num_threads))
+      source, batch_size=local_batch_size(config.batch_size), seed=config.seed, view=config.view,
+      region_margin=d.region_margin, class_balanced=d.class_balanced,
+      balance_power=d.get('balance_power', 1.0), num_workers=d.num_workers,
+      num_threads=d.num_threads))
 
 
 def paired_iterator(config: Any, source: abaw.FrameSource) -> Iterator:
-  """This host's endless iterator over face + region views of training frames (same crop/flip)."""
+  """This host's endless iterator over training frames and their region boxes (fusion)."""
   d = config.data
   return iter(datasets.paired_dataset(
-      source, batch_size=local_batch_size(config.batch_size), image_size=config.model.img_size,
-      variant=config.region_view, train=True, seed=config.seed, region_fill=d.region_fill,
-      region_margin=d.region_margin, scale=tuple(d.scale), num_workers=d.num_workers,
+      source, batch_size=local_batch_size(config.batch_size), variant=config.region_view,
+      train=True, seed=config.seed, region_margin=d.region_margin, num_workers=d.num_workers,
       num_threads=d.num_threads))
 
 
@@ -92,8 +91,7 @@ def eval_batches(config: Any, source: abaw.FrameSource, view: str, paired: bool 
   fewer frames pad with rows of mask 0), so a collective eval step never waits forever."""
   d = config.data
   local = local_batch_size(config.eval_batch_size)
-  common = dict(batch_size=local, image_size=config.model.img_size, crop_pct=d.crop_pct,
-                region_fill=d.region_fill, region_margin=d.region_margin, num_workers=0,
+  common = dict(batch_size=local, region_margin=d.region_margin, num_workers=0,
                 num_threads=d.num_threads)
   if paired:
     ds = datasets.paired_dataset(source, variant=config.region_view, train=False, **common)
@@ -156,8 +154,7 @@ def pretrain_iterator(config: Any, workdir: str, num_workers: int | None = None
     records = folders.unlabeled_images(data.root)
   else:
     records = abaw.load_frames(dataset_root(data, workdir))
-  ds = datasets.pretrain_dataset(records, batch_size=local, image_size=size, seed=config.seed,
-                                 scale=tuple(data.get('scale', (0.2, 1.0))),
+  ds = datasets.pretrain_dataset(records, batch_size=local, seed=config.seed,
                                  num_workers=(data.get('num_workers', 0) if num_workers is None
                                               else num_workers),
                                  num_threads=data.get('num_threads', 2))

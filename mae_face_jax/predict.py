@@ -303,8 +303,8 @@ def evaluate(model_path: str, output_dir: str, config: object = None) -> dict:
   cols: dict[str, list[np.ndarray]] = {'probs': [], 'label': [], 'video': [], 'frame': []}
   progress = Progress(f'{classifier.name} on validation', len(source))
   for batch in inputs.eval_batches(cfg, source, classifier.views[0], paired=paired):
-    views = [batch['image']] + ([batch['region_image']] if paired else [])
-    probs = np.asarray(classifier.apply(*[jnp.asarray(v) for v in views]))
+    probs = np.asarray(classifier.apply(
+        {k: jnp.asarray(batch[k]) for k in ('image', 'boxes', 'region_image') if k in batch}))
     keep = batch['mask'] > 0
     cols['probs'].append(probs[keep])
     for k in ('label', 'video', 'frame'):

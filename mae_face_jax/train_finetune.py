@@ -24,8 +24,9 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from mae_face_jax import (checkpointing, classification, inputs, loop, metrics, observe, optim,
-                          report, sharding, torch_interop)
+from mae_face_jax import (augment, checkpointing, classification, inputs, loop, metrics, observe,
+                          optim, report, sharding, torch_interop)
+from mae_face_jax import images as images_lib
 from mae_face_jax import train_state as ts
 from mae_face_jax.images import normalize
 from mae_face_jax.models.build import build_model
@@ -48,16 +49,32 @@ def pretrained_params(config: Any) -> tuple[dict[str, np.ndarray] | None, str]:
   return None, ''
 
 
+def augmented_images(config: Any) -> Callable[[dict, jax.Array], jax.Array]:
+  """(batch, example_keys) -> the batch's view at its stored size, through the fine-tuning recipe
+  (RandomResizedCrop, flip, RandAugment, erasing) on the device, normalised."""
+  d, ra = config.data, config.data.get('rand_augment', None)
+
+  def augment_batch(batch, example_keys):
+    return normalize(augment.finetune_views(
+        example_keys, images_lib.single_view(batch, d), size=config.model.img_size,
+        scale=tuple(d.scale), rand_augment=tuple(ra) if ra else None, erase_prob=d.erase_prob))
+  return augment_batch
+
+
 def classification_loss_fn(config: Any, class_weights: np.ndarray) -> loop.LossFn:
-  """Smoothed (optionally mixed) targets and class-weighted cross entropy, as a weighted sum."""
+  """Augmented views, smoothed (optionally mixed) targets and class-weighted cross entropy, as a
+  weighted sum."""
   weights = jnp.asarray(class_weights)
+  augment_batch = augmented_images(config)
 
   def loss_fn(model, batch, example_keys):
     targets = classification.soft_targets(batch['label'], config.model.num_classes,
                                           config.label_smoothing)
+    # The batch's mixing draw: from a key no example's augmentation uses.
     images, targets = classification.mixup_cutmix(
-        example_keys[0], normalize(batch['image']), targets, mixup_alpha=config.mixup_alpha,
-        cutmix_alpha=config.cutmix_alpha, switch_prob=config.mix_switch_prob, prob=config.mix_prob)
+        jax.random.fold_in(example_keys[0], 1), augment_batch(batch, example_keys), targets,
+        mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
+        switch_prob=config.mix_switch_prob, prob=config.mix_prob)
     logits = model(images)
     weight = jnp.sum(targets * weights)
     loss = classification.weighted_cross_entropy(logits, targets, weights)
@@ -65,9 +82,10 @@ def classification_loss_fn(config: Any, class_weights: np.ndarray) -> loop.LossF
   return loss_fn
 
 
-def make_eval_step(graphdef: nnx.GraphDef, mesh: Mesh) -> Callable:
-  def eval_step(params, fixed, images):
-    logits = ts.merge_model(graphdef, params, fixed, None)(normalize(images))
+def make_eval_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh) -> Callable:
+  def eval_step(params, fixed, batch):
+    images = images_lib.eval_input(images_lib.single_view(batch, config.data), config)
+    logits = ts.merge_model(graphdef, params, fixed, None)(images)
     return jax.nn.softmax(logits.astype(jnp.float32))
   return jax.jit(eval_step, out_shardings=sharding.replicated(mesh))
 
@@ -78,7 +96,8 @@ def evaluate(eval_step: Callable, params: Any, fixed: nnx.State, config: Any,
   on every host)."""
   cols: dict[str, list[np.ndarray]] = {'probs': [], 'label': [], 'video': [], 'frame': []}
   for batch in inputs.eval_batches(config, source, config.view):
-    probs = eval_step(params, fixed, sharding.global_batch({'image': batch['image']}, mesh)['image'])
+    views = {k: batch[k] for k in ('image', 'boxes') if k in batch}
+    probs = eval_step(params, fixed, sharding.global_batch(views, mesh))
     rows = multihost_utils.process_allgather(
         {k: batch[k] for k in ('label', 'video', 'frame', 'mask')}, tiled=True)
     keep = rows['mask'] > 0
@@ -107,9 +126,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       config, mesh, build, len(train_source), overrides=overrides,
       lr_scales=lambda p: optim.layer_decay_scales(p, config.model.depth, config.layer_decay))
   run = loop.resume(run, workdir, inputs.finetune_iterator(config, train_source))
-  train_step = loop.train_step_for(run, classification_loss_fn(config, weights),
-                                   {'image': 4, 'label': 1})
-  eval_step = make_eval_step(run.placed.graphdef, mesh)
+  batch_ndims = {'image': 4, 'label': 1} | ({'boxes': 3} if config.view != 'face' else {})
+  train_step = loop.train_step_for(run, classification_loss_fn(config, weights), batch_ndims)
+  eval_step = make_eval_step(run.placed.graphdef, config, mesh)
   writer = observe.SummaryWriter(os.path.join(workdir, 'tensorboard'))
   best = checkpointing.load_best(workdir)
 

@@ -25,8 +25,9 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from mae_face_jax import (checkpointing, classification, inputs, loop, observe, report, sharding,
-                          smoothing)
+from mae_face_jax import (augment, checkpointing, classification, inputs, loop, observe, report,
+                          sharding, smoothing)
+from mae_face_jax import images as images_lib
 from mae_face_jax import train_state as ts
 from mae_face_jax.images import normalize
 from mae_face_jax.models.build import build_model
@@ -91,10 +92,12 @@ def encoder_overrides(config: Any) -> dict[str, np.ndarray]:
   return flat | head_start(config.fusion.init, abstract['heads'], loaded[main], loaded[aux])
 
 
-def make_tokens(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh) -> Callable:
-  def tokens(params, fixed, face, region):
+def make_tokens(graphdef: nnx.GraphDef, config: Any, mesh: jax.sharding.Mesh) -> Callable:
+  def tokens(params, fixed, batch):
     model = ts.merge_model(graphdef, params, fixed, None)
-    main, aux = model.tokens(normalize(face), normalize(region))
+    face, region = images_lib.face_and_region(batch, config.data)
+    main, aux = model.tokens(images_lib.eval_input(face, config),
+                             images_lib.eval_input(region, config))
     return main.astype(jnp.float16), aux.astype(jnp.float16)
   out = sharding.batch_sharding(mesh, 3)
   return jax.jit(tokens, out_shardings=(out, out))
@@ -106,8 +109,9 @@ def extract_features(tokens: Callable, state: ts.State, fixed: nnx.State, config
   frame), gathered onto every host."""
   cols: dict[str, list[np.ndarray]] = {k: [] for k in ('main', 'aux', 'label', 'video', 'frame')}
   for batch in inputs.eval_batches(config, source, config.region_view, paired=True):
-    images = sharding.global_batch({k: batch[k] for k in ('image', 'region_image')}, mesh)
-    main, aux = tokens(state['params'], fixed, images['image'], images['region_image'])
+    views = sharding.global_batch(
+        {k: batch[k] for k in ('image', 'boxes', 'region_image') if k in batch}, mesh)
+    main, aux = tokens(state['params'], fixed, views)
     rows = multihost_utils.process_allgather(
         {k: batch[k] for k in ('label', 'video', 'frame', 'mask')}, tiled=True)
     keep = rows['mask'] > 0
@@ -168,13 +172,16 @@ def fusion_loss_fn(config: Any, class_weights: np.ndarray) -> loop.LossFn:
   weights = jnp.asarray(class_weights)
   seeds = config.fusion.seeds
 
+  d = config.data
+
   def loss_fn(model, batch, example_keys):
-    del example_keys
     if 'main' in batch:
       main, aux = batch['main'].astype(jnp.float32), batch['aux'].astype(jnp.float32)
       labels = batch['label']
-    else:
-      main, aux = model.tokens(normalize(batch['image']), normalize(batch['region_image']))
+    else:  # both views cropped and flipped alike, so they stay pixel-aligned
+      face, region = augment.paired_views(example_keys, *images_lib.face_and_region(batch, d),
+                                          size=config.model.img_size, scale=tuple(d.scale))
+      main, aux = model.tokens(normalize(face), normalize(region))
       labels = jnp.repeat(batch['label'][:, None], seeds, axis=1)
     targets = classification.soft_targets(labels, config.model.num_classes, config.label_smoothing)
     weight = jnp.sum(targets * weights) / seeds
@@ -224,7 +231,7 @@ def train_and_evaluate(config: Any, workdir: str,
   run = loop.setup(config, mesh, lambda: build_model(config), len(train_source),
                    overrides=encoder_overrides(config), trained=FusionModel.TRAINED)
   graphdef, fixed = run.placed.graphdef, run.placed.fixed
-  tokens = make_tokens(graphdef, mesh)
+  tokens = make_tokens(graphdef, config, mesh)
   cache = {} if feature_cache is None else feature_cache
 
   def features(source: abaw.FrameSource) -> Features:
@@ -242,7 +249,7 @@ def train_and_evaluate(config: Any, workdir: str,
     batch_ndims = {'main': 4, 'aux': 4, 'label': 2}
   else:
     data_iter, batch_ndims = (inputs.paired_iterator(config, train_source),
-                              {'image': 4, 'region_image': 4, 'label': 1})
+                              {'image': 4, 'boxes': 3, 'label': 1})
   run = loop.resume(run, workdir, data_iter)
   train_step = loop.train_step_for(run, fusion_loss_fn(config, weights), batch_ndims)
   state = loop.train(run, train_step, observe.SummaryWriter(os.path.join(workdir, 'tensorboard')))

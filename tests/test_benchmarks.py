@@ -1,4 +1,4 @@
-"""The MAE step benchmark runs the pretraining program's step and prints its ratio."""
+"""The benchmarks run on tiny settings and print their ratios."""
 
 import os
 import subprocess
@@ -29,4 +29,17 @@ def test_faces_benchmark_times_every_side():
   assert res.returncode == 0, res.stderr[-3000:]
   for line in ('ratio = our detection / reference detection = ', 'ratio = align / decode = ',
                'decode ', 'align (decode + detect + align + write)'):
+    assert line in res.stdout, res.stdout
+
+
+def test_input_pipeline_benchmark_prints_both_ratios(tmp_path):
+  from input_pipeline import demo_data
+  root = demo_data.ensure_demo_data(str(tmp_path / 'data'), num_videos=4, frames=(16, 24), size=48)
+  res = subprocess.run([sys.executable, 'benchmarks/input_pipeline.py', f'--data_dir={root}',
+                        '--seconds=1', '--batch_size=8', '--device_batch=2', '--model_size=tiny',
+                        '--device_steps=1'], cwd=REPO, capture_output=True, text=True,
+                       timeout=600, env=dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu'))
+  assert res.returncode == 0, res.stderr[-3000:]
+  for line in ('host ratio = pipeline images/s / raw decode images/s = ',
+               'device ratio = augmentation / train step = ', 'one core: host pipeline'):
     assert line in res.stdout, res.stdout

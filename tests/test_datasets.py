@@ -1,5 +1,6 @@
-"""Grain pipelines: layout, labels through the pipeline, ordering, determinism, sharding, exact
-resume, class balancing, skipped bad images, worker processes, input tree left untouched."""
+"""Grain pipelines: layout, labels through the pipeline, region boxes, ordering, determinism,
+sharding, exact resume, class balancing, skipped bad images, worker processes, input tree left
+untouched."""
 
 import json
 import logging
@@ -62,7 +63,7 @@ def assert_batches_equal(a, b):
 def test_eval_order_labels_and_padding(source):
   n = len(source)
   assert n == sum(l >= 0 for labels in VIDEOS.values() for l in labels) == 23
-  batches = list(datasets.eval_dataset(source, batch_size=5, image_size=16, crop_pct=1.0, shard=(0, 1)))
+  batches = list(datasets.eval_dataset(source, batch_size=5, shard=(0, 1)))
   assert len(batches) == 5
   for b in batches:
     assert b['image'].shape == (5, 16, 16, 3) and b['image'].dtype == np.uint8
@@ -81,35 +82,39 @@ def test_eval_order_labels_and_padding(source):
 
 
 def test_training_modes_layout_and_labels(source):
-  b = next(iter(datasets.pretrain_dataset(source, batch_size=4, image_size=16, shard=(0, 1))))
+  b = next(iter(datasets.pretrain_dataset(source, batch_size=4, shard=(0, 1))))
   assert list(b) == ['image'] and b['image'].shape == (4, 16, 16, 3)
-  ds = datasets.finetune_dataset(source, batch_size=4, image_size=16, shard=(0, 1), rand_augment=None,
-                                 erase_prob=0.0, view='face')
+  ds = datasets.finetune_dataset(source, batch_size=4, shard=(0, 1), view='face')
   for b in take(iter(ds), 6):
     assert sorted(b) == ['image', 'label']
-    # Flat images survive crops and flips: the pixel's red channel encodes the label.
+    # The pixel's red channel encodes the label: each image arrives with its own label.
     np.testing.assert_allclose(pixels(b['image'])[:, 0], 20 + 25 * b['label'], atol=3)
-  b = next(iter(datasets.paired_dataset(source, batch_size=4, image_size=16, shard=(0, 1), train=True)))
-  assert sorted(b) == ['frame', 'image', 'label', 'region_image', 'video']
-  b = next(iter(datasets.paired_dataset(source, batch_size=4, image_size=16, shard=(0, 1))))
-  assert 'mask' in b and b['region_image'].shape == (4, 16, 16, 3)
+  b = next(iter(datasets.finetune_dataset(source, batch_size=4, shard=(0, 1), view='eyes_mouth')))
+  assert sorted(b) == ['boxes', 'image', 'label']
+  assert b['boxes'].shape == (4, T.MAX_BOXES, 4) and b['boxes'].dtype == np.int32
+  b = next(iter(datasets.paired_dataset(source, batch_size=4, shard=(0, 1), train=True)))
+  assert sorted(b) == ['boxes', 'frame', 'image', 'label', 'video']
+  b = next(iter(datasets.paired_dataset(source, batch_size=4, shard=(0, 1))))
+  assert 'mask' in b and b['boxes'].shape == (4, T.MAX_BOXES, 4)
 
 
-def test_paired_region_view_matches_synthesis(tmp_path):
+def test_region_boxes_are_the_frames_boxes(tmp_path):
+  from input_pipeline import regions
   root = str(tmp_path)
   d = os.path.join(root, abaw.IMAGES_DIR, 'v')
   os.makedirs(d)
-  img = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (112, 112, 3), np.uint8), (7, 7), 2)
-  cv2.imwrite(os.path.join(d, '00001.png'), img)
-  os.rename(os.path.join(d, '00001.png'), os.path.join(d, '00001.jpg'))  # lossless content
+  for k in (1, 2):
+    cv2.imwrite(os.path.join(d, f'{k:05d}.jpg'), np.zeros((112, 112, 3), np.uint8))
+  # Frame 2 has its own 5 landmarks (shifted right by 6 pixels): its boxes follow them.
+  five = regions.TEMPLATE_112 + np.array([6.0, 0.0], np.float32)
+  np.savetxt(os.path.join(d, '00002.txt'), five)
   src = abaw.load_frames(root)
-  b = next(iter(datasets.paired_dataset(src, batch_size=1, image_size=112, crop_pct=1.0, shard=(0, 1),
-                                        region_fill=0)))
-  from input_pipeline import regions
-  mask = regions.region_mask(112, 112, regions.region_boxes('eyes_mouth', 112, 112))
-  face, region = b['image'][0], b['region_image'][0]
-  np.testing.assert_array_equal(region[mask], face[mask])
-  assert (region[~mask] == 0).all()  # the fill
+  b = next(iter(datasets.paired_dataset(src, batch_size=2, shard=(0, 1))))
+  want = [regions.region_boxes('eyes_mouth', 112, 112),
+          regions.region_boxes('eyes_mouth', 112, 112, five)]
+  for boxes, expected in zip(b['boxes'], want):
+    np.testing.assert_array_equal(boxes[:len(expected)], expected)
+    assert not boxes[len(expected):].any()  # unused rows are empty boxes
 
 
 def test_paired_region_view_read_from_disk(tmp_path):
@@ -122,10 +127,12 @@ def test_paired_region_view_read_from_disk(tmp_path):
     cv2.imwrite(os.path.join(d, f'{k:05d}.jpg'), img, [cv2.IMWRITE_JPEG_QUALITY, 100])
   regions.write_region_views(root, 'eyes')
   src = abaw.load_frames(root)
-  kw = dict(batch_size=2, image_size=112, crop_pct=1.0, shard=(0, 1), variant='eyes')
+  kw = dict(batch_size=2, shard=(0, 1), variant='eyes')
   disk = next(iter(datasets.paired_dataset(src, region_images_dir='cropped_aligned_eyes', **kw)))
   fly = next(iter(datasets.paired_dataset(src, **kw)))
   np.testing.assert_array_equal(disk['image'], fly['image'])
+  assert 'boxes' not in disk and 'region_image' not in fly
+  fly['region_image'] = np.stack([regions.synthesize_regions(im, 'eyes') for im in fly['image']])
   # Mean difference in uint8 levels; the bounds are 0.05 and 0.3 in normalised units (÷ 255·std),
   # taken at the channel std that makes each one strictest.
   level = lambda a, b: np.abs(a.astype(np.int32) - b).mean()
@@ -134,7 +141,7 @@ def test_paired_region_view_read_from_disk(tmp_path):
 
 
 def finetune(source, seed=0, **kw):
-  return datasets.finetune_dataset(source, batch_size=4, image_size=16, seed=seed, shard=(0, 1), **kw)
+  return datasets.finetune_dataset(source, batch_size=4, seed=seed, shard=(0, 1), **kw)
 
 
 def test_same_seed_same_batches_other_seed_differs(source):
@@ -145,7 +152,7 @@ def test_same_seed_same_batches_other_seed_differs(source):
 
 
 def test_epochs_reshuffle_and_cover(source):
-  ds = datasets.paired_dataset(source, batch_size=1, image_size=16, shard=(0, 1), train=True,
+  ds = datasets.paired_dataset(source, batch_size=1, shard=(0, 1), train=True,
                                num_epochs=2, seed=1)
   keys = [(int(b['video'][0]), int(b['frame'][0])) for b in ds]
   assert len(keys) == 46
@@ -158,7 +165,7 @@ def test_epochs_reshuffle_and_cover(source):
 def test_two_host_shards_disjoint_and_cover(source, train):
   seen = []
   for index in range(2):
-    ds = datasets.paired_dataset(source, batch_size=1, image_size=16, train=train, num_epochs=1,
+    ds = datasets.paired_dataset(source, batch_size=1, train=train, num_epochs=1,
                                  shard=(index, 2))
     seen.append([(int(b['video'][0]), int(b['frame'][0])) for b in ds if b.get('mask', [1])[0] == 1])
   assert not set(seen[0]) & set(seen[1])
@@ -171,7 +178,7 @@ def test_two_host_shards_disjoint_and_cover(source, train):
 def test_default_shard_is_jax_process(source):
   assert datasets.host_shard() == (0, 1)
   a = take(iter(finetune(source, 5)), 2)
-  b = take(iter(datasets.finetune_dataset(source, batch_size=4, image_size=16, seed=5)), 2)
+  b = take(iter(datasets.finetune_dataset(source, batch_size=4, seed=5)), 2)
   assert_batches_equal(a, b)
 
 
@@ -202,11 +209,14 @@ def test_bad_images_counted_logged_once_and_reported(source, caplog):
     f.write(b'\xff\xd8\xff truncated')
   open(empty, 'wb').close()
   caplog.set_level(logging.INFO, logger='input_pipeline.datasets')
-  ds = datasets.paired_dataset(source, batch_size=3, image_size=16, shard=(0, 1), train=True,
+  ds = datasets.paired_dataset(source, batch_size=3, shard=(0, 1), train=True,
                                num_epochs=2)
   it = iter(ds)
-  frames = [b['frame'] for b in it]
-  assert sum(len(f) for f in frames) == 2 * 21 and len(frames) == 14
+  batches = list(it)
+  # Training batches keep their shape: an unreadable image's row holds another image of its batch.
+  assert len(batches) == 46 // 3 and all(len(b['frame']) == 3 for b in batches)
+  bad = {(int(source.video[i]), int(source.frame[i])) for i in (2, 10)}
+  assert not {(int(v), int(f)) for b in batches for v, f in zip(b['video'], b['frame'])} & bad
   state = it.get_state()
   assert state['skipped_total'] == 4
   path_logs = [r.message for r in caplog.records if 'unreadable image skipped' in r.message]
@@ -215,7 +225,7 @@ def test_bad_images_counted_logged_once_and_reported(source, caplog):
   epoch_logs = [r.message for r in caplog.records if r.message.startswith('epoch')]
   assert epoch_logs == ['epoch 0: 2 unreadable images skipped', 'epoch 1: 2 unreadable images skipped']
   # Evaluation drops them too and keeps the order of the rest.
-  ev = list(datasets.eval_dataset(source, batch_size=8, image_size=16, shard=(0, 1)))
+  ev = list(datasets.eval_dataset(source, batch_size=8, shard=(0, 1)))
   assert sum(b['mask'].sum() for b in ev) == 21
 
 
@@ -233,8 +243,8 @@ def test_input_tree_untouched(tmp_path):
   before = snapshot(root)
   src = abaw.load_split(root, 'Train_Set')
   for ds in (finetune(src, view='eyes'),
-             datasets.eval_dataset(src, batch_size=4, image_size=16, shard=(0, 1)),
-             datasets.pretrain_dataset(src, batch_size=4, image_size=16, shard=(0, 1))):
+             datasets.eval_dataset(src, batch_size=4, shard=(0, 1)),
+             datasets.pretrain_dataset(src, batch_size=4, shard=(0, 1))):
     take(iter(ds), 3)
   assert snapshot(root) == before
 
@@ -253,7 +263,7 @@ def test_bad_arguments(source):
 
 def test_worker_processes_cover_data_and_resume(source):
   def run(state=None):
-    it = iter(datasets.paired_dataset(source, batch_size=1, image_size=16, seed=2, shard=(0, 1),
+    it = iter(datasets.paired_dataset(source, batch_size=1, seed=2, shard=(0, 1),
                                       train=True, num_epochs=1, num_workers=2))
     try:
       if state is not None:
@@ -267,7 +277,12 @@ def test_worker_processes_cover_data_and_resume(source):
   keys = sorted((int(b['video'][0]), int(b['frame'][0])) for b in head + rest)
   assert keys == sorted(zip(source.video.tolist(), source.frame.tolist()))
   assert_batches_equal(run(state)[1], rest)  # restored in fresh worker processes
+  # Batches do not depend on the number of workers.
+  with_workers = head + rest
+  alone = list(datasets.paired_dataset(source, batch_size=1, seed=2, shard=(0, 1), train=True,
+                                       num_epochs=1))
+  assert_batches_equal(with_workers, alone)
   # Eval with workers keeps the global video/frame order.
-  ev = list(datasets.eval_dataset(source, batch_size=4, image_size=16, shard=(0, 1), num_workers=2))
+  ev = list(datasets.eval_dataset(source, batch_size=4, shard=(0, 1), num_workers=2))
   frames = np.concatenate([b['frame'][b['mask'] == 1] for b in ev])
   np.testing.assert_array_equal(frames, source.frame)

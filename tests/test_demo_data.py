@@ -44,8 +44,8 @@ def test_layout_readable_by_the_abaw_readers(small):
         assert (n in split.videos) == (n[:-5] + '_right' in split.videos)
   img = datasets.T.read_image(train[0])
   assert img.shape == (48, 48, 3)
-  b = next(iter(datasets.eval_dataset(val, batch_size=2, image_size=32, shard=(0, 1))))
-  assert b['image'].shape == (2, 32, 32, 3)
+  b = next(iter(datasets.eval_dataset(val, batch_size=2, shard=(0, 1))))
+  assert b['image'].shape == (2, 48, 48, 3)  # the stored size: the step resizes
 
 
 def test_deterministic_and_not_regenerated(small, tmp_path):

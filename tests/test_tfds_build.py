@@ -32,7 +32,7 @@ def test_build_abaw_and_read_back(tmp_path):
   assert len(tfds_build.load_build(build_dir, 'validation')) == 2
   assert len(tfds_build.load_build(build_dir, 'test')) == 5
   # The packed source feeds the pipeline and gives the same batches as the files.
-  kw = dict(batch_size=4, image_size=16, shard=(0, 1))
+  kw = dict(batch_size=4, shard=(0, 1))
   assert_batches_equal(list(datasets.eval_dataset(packed, **kw)), list(datasets.eval_dataset(train, **kw)))
   it_a, it_b = iter(datasets.finetune_dataset(packed, seed=1, class_balanced=True, **kw)), iter(
       datasets.finetune_dataset(train, seed=1, class_balanced=True, **kw))
