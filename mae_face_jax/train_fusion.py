@@ -248,8 +248,8 @@ def train_and_evaluate(config: Any, workdir: str,
                                config.grad_accum_steps, config.fusion.seeds)
     batch_ndims = {'main': 4, 'aux': 4, 'label': 2}
   else:
-    data_iter, batch_ndims = (inputs.paired_iterator(config, train_source),
-                              {'image': 4, 'boxes': 3, 'label': 1})
+    data_iter = inputs.paired_iterator(config, train_source)
+    batch_ndims = {'image': 4, 'boxes': 3, 'label': 1, 'video': 1, 'frame': 1}  # ids unused
   run = loop.resume(run, workdir, data_iter)
   train_step = loop.train_step_for(run, fusion_loss_fn(config, weights), batch_ndims)
   state = loop.train(run, train_step, observe.SummaryWriter(os.path.join(workdir, 'tensorboard')))

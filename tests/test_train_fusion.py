@@ -197,3 +197,19 @@ def test_accumulation_equals_the_big_batch(tmp_path, encoders):
   assert_accumulation_equals_the_big_batch(tmp_path, one_seed,
                                            train_fusion.train_and_evaluate,
                                            len(abaw.load_split(encoders[0], 'Train_Set')))
+
+
+def test_heads_train_on_augmented_paired_views(tmp_path, encoders):
+  """Without cached tokens, each step crops and flips the face and its region view alike on the
+  device (the pairing itself: tests/test_augment.py); the same seed gives the same heads."""
+  def run(name):
+    config = config_for(encoders)
+    config.cache_features = False
+    config.total_steps, config.checkpoint_steps = 2, 2
+    results = train_fusion.train_and_evaluate(config, str(tmp_path / name))
+    assert any(k.startswith('fusion ') for k in results)
+    return _heads(str(tmp_path / name))
+  (a, step_a), (b, step_b) = run('a'), run('b')
+  assert step_a == step_b == 2
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
