@@ -1,8 +1,8 @@
 """The input pipeline's two halves, each against what it feeds or competes with, in one run.
 
 Host: the fine-tuning pipeline (read + decode + region boxes + uint8 batch at the stored size;
-`input_pipeline.datasets.finetune_dataset`) on every core, against plain `cv2.imdecode` of the
-same files on the same cores. Claim: ``ratio = pipeline images/s / raw decode images/s >= 0.8``.
+`input_pipeline.datasets.finetune_dataset`, decoding on a thread per core, one grain prefetch
+thread) on every core, against plain `cv2.imdecode` of the same files on the same cores. Claim: ``ratio = pipeline images/s / raw decode images/s >= 0.8``.
 Also the images/s one core feeds (the pipeline in this process, no workers).
 
 Device: the fine-tuning recipe's augmentation on the device (region fill, RandomResizedCrop to
@@ -11,7 +11,7 @@ fine-tuning train step that contains it (`loop.make_train_step` with the program
 device, same batch. Claim: ``augmentation / step <= 0.05``.
 
     python benchmarks/input_pipeline.py [--data_dir /tmp/mae_face_demo] [--view eyes_mouth]
-        [--batch_size 64] [--num_workers N (default: cores)] [--seconds 20]
+        [--batch_size 64] [--num_workers 0] [--seconds 30] [--rounds 6]
         [--device_batch (default 32 on CPU, 256 on an accelerator)] [--model_size base]
         [--device_steps 3] [--skip_device] [--skip_host]
 """
@@ -33,8 +33,11 @@ from mae_face_jax import host_memory  # pylint: disable=g-import-not-at-top
 _DATA = flags.DEFINE_string('data_dir', '/tmp/mae_face_demo', 'ABAW-layout root (demo data made if absent)')
 _VIEW = flags.DEFINE_string('view', 'eyes_mouth', "'face' or a region variant")
 _BATCH = flags.DEFINE_integer('batch_size', 64, 'host pipeline batch size')
-_WORKERS = flags.DEFINE_integer('num_workers', -1, 'grain worker processes (-1: one per core)')
-_SECONDS = flags.DEFINE_float('seconds', 20.0, 'timed duration of each host side')
+_WORKERS = flags.DEFINE_integer('num_workers', 0, 'grain worker processes (0: decode in this '
+                                'process, one thread per core)')
+_SECONDS = flags.DEFINE_float('seconds', 30.0, 'timed duration of each host side, all rounds')
+_THREADS = flags.DEFINE_integer('num_threads', 2, 'grain prefetch threads (batches in flight)')
+_ROUNDS = flags.DEFINE_integer('rounds', 6, 'turns of raw decode and pipeline timing')
 _DEVICE_BATCH = flags.DEFINE_integer('device_batch', 0, 'train step batch (0: 32 on CPU, 256 else)')
 _MODEL = flags.DEFINE_string('model_size', 'base', 'ViT size of the train step (patch 16, 224 px)')
 _STEPS = flags.DEFINE_integer('device_steps', 3, 'timed repetitions of each device side')
@@ -60,50 +63,53 @@ class RawDecode:
   def run(self, seconds: float) -> float:
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-      work = [self.chunks[(self.next + j) % len(self.chunks)] for j in range(4 * self.cores)]
+      work = [self.chunks[(self.next + j) % len(self.chunks)] for j in range(self.cores)]
       self.next += len(work)
       done += sum(self.pool.map(self._work, work))
     return done / (time.perf_counter() - start)
 
 
-def pipeline_rate(ds, seconds: float) -> tuple[float, dict]:
-  """Images/s of a running grain pipeline (workers started, 5 batches of warm-up)."""
-  it = iter(ds)
-  try:
+class Pipeline:
+  """A running grain pipeline (5 batches of warm-up), timed in turns."""
+
+  def __init__(self, ds):
+    self.it = iter(ds)
     for _ in range(5):
-      batch = next(it)
+      self.batch = next(self.it)
+
+  def run(self, seconds: float) -> float:
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-      batch = next(it)  # endless: training pipelines repeat
-      done += len(batch['label'])
-    return done / (time.perf_counter() - start), batch
-  finally:
-    it.close()
+      self.batch = next(self.it)  # endless: training pipelines repeat
+      done += len(self.batch['label'])
+    return done / (time.perf_counter() - start)
+
+
+def alternate(a, b, seconds: float, rounds: int) -> tuple[float, float]:
+  """Mean rates of two sides timed in turns (a, b, a, b, ...): load drift hits both alike."""
+  rates = [(a.run(seconds / rounds), b.run(seconds / rounds)) for _ in range(rounds)]
+  return statistics.mean(r[0] for r in rates), statistics.mean(r[1] for r in rates)
 
 
 def host_half(source, cores: int) -> np.ndarray:
   paths = [source[i]['path'] for i in range(len(source))]
-  workers = cores if _WORKERS.value < 0 else _WORKERS.value
-  common = dict(batch_size=_BATCH.value, view=_VIEW.value, shard=(0, 1), seed=0)
-  raw_side = RawDecode(paths, cores)
-  # Raw decoding is timed before and after the pipeline, so drift in background load shows on
-  # both sides of the ratio.
-  raw = [raw_side.run(_SECONDS.value / 2)]
-  pipe, batch = pipeline_rate(datasets.finetune_dataset(source, num_workers=workers, **common),
-                              _SECONDS.value)
-  raw.append(raw_side.run(_SECONDS.value / 2))
-  one, _ = pipeline_rate(datasets.finetune_dataset(source, num_workers=0, **common),
-                         _SECONDS.value / 2)
-  one_raw = RawDecode(paths, 1).run(_SECONDS.value / 2)
-  rate = statistics.mean(raw)
+  workers = _WORKERS.value
+  common = dict(batch_size=_BATCH.value, view=_VIEW.value, shard=(0, 1), seed=0,
+                num_threads=_THREADS.value)
+  pipe_side = Pipeline(datasets.finetune_dataset(source, num_workers=workers, **common))
+  raw, pipe = alternate(RawDecode(paths, cores), pipe_side, _SECONDS.value, _ROUNDS.value)
+  batch = pipe_side.batch
+  pipe_side.it.close()
+  one_side = Pipeline(datasets.finetune_dataset(source, decode_threads=1, **common))
+  one_raw, one = alternate(RawDecode(paths, 1), one_side, _SECONDS.value / 2, _ROUNDS.value)
   print(f'batch {tuple(batch["image"].shape)} {batch["image"].dtype}'
         + (f', boxes {tuple(batch["boxes"].shape)}' if 'boxes' in batch else ''))
-  print(f'raw read + cv2.imdecode, {cores} threads (before / after): {raw[0]:.0f} / {raw[1]:.0f} '
-        f'images/s')
-  print(f'host pipeline, {workers} workers: {pipe:.0f} images/s')
-  print(f'one core: host pipeline in-process {one:.0f} images/s, raw decode {one_raw:.0f} '
-        f'images/s ({one / one_raw:.3f})')
-  print(f'host ratio = pipeline images/s / raw decode images/s = {pipe / rate:.3f} (target >= 0.8)')
+  how = f'{workers} worker processes' if workers else f'in-process, {cores} decode threads'
+  print(f'raw read + cv2.imdecode ({cores} threads): {raw:.0f} images/s; host pipeline ({how}): '
+        f'{pipe:.0f} images/s; {_ROUNDS.value} rounds each, in turns')
+  print(f'one core: host pipeline {one:.0f} images/s (one decode thread), raw decode '
+        f'{one_raw:.0f} images/s ({one / one_raw:.3f})')
+  print(f'host ratio = pipeline images/s / raw decode images/s = {pipe / raw:.3f} (target >= 0.8)')
   return batch
 
 

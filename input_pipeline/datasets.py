@@ -27,7 +27,7 @@ or ``stored_size``; an image of another size is resized to it on the host), all 
     'mask'          float32 (B,)          eval/paired-eval only: 0 for padding rows of the last batch
 
 Signatures (keyword-only after ``source``; every one also takes ``stored_size=None, shard=None,
-num_workers=0, num_threads=0``):
+num_workers=0, num_threads=0, decode_threads=0``):
     pretrain_dataset(source, *, batch_size, seed=0, num_epochs=None)            keys image
     finetune_dataset(source, *, batch_size, seed=0, num_epochs=None, view='face', region_margin=0.1,
                      class_balanced=False, balance_power=1.0)       keys image, label (+ boxes)
@@ -41,7 +41,11 @@ num_workers=0, num_threads=0``):
 
 ``num_epochs=None`` repeats forever (training loops count steps); each epoch is reshuffled. With a
 finite ``num_epochs``, training modes drop the short batch that ends the stream.
-``num_threads`` are grain reader threads in the consuming process (0: batches are made on demand).
+``decode_threads`` decode each batch's images in parallel (0: one per core; OpenCV releases the
+GIL), the way to use every core: measured on 2 cores, grain's worker processes cost more than
+they save here (each batch crosses to the consumer through freshly mapped shared memory).
+``num_threads`` are grain prefetch threads in the consuming process (0: batches are made on
+demand; 1 or 2 overlap decoding with the train step).
 ``num_workers > 0`` adds grain ``mp_prefetch`` worker processes: the caller needs an
 ``if __name__ == '__main__'`` guard (workers are spawned) and absl flags parsed (``absl.app.run``; if
 they are not, this module marks them parsed).
@@ -147,8 +151,8 @@ def _worker_init(worker_index: int, worker_count: int) -> None:
 
 def _finish(sampler: Sampler, keys: Sequence[str], *, stored: tuple[int, int] | None,
             num_epochs: int | None, num_workers: int, num_threads: int, ordered: bool = False,
-            variant: str | None = None, margin: float = 0.1, region_dir: str | None = None
-            ) -> grain.IterDataset:
+            variant: str | None = None, margin: float = 0.1, region_dir: str | None = None,
+            decode_threads: int = 0) -> grain.IterDataset:
   """Batch indices → decoded batches (in worker processes, if any) → skip accounting. Batches are
   formed before the workers, so they do not depend on their number. Training drops a short last
   batch of a finite stream; evaluation (``ordered``) keeps it, padded with mask-0 rows, as it pads
@@ -156,7 +160,8 @@ def _finish(sampler: Sampler, keys: Sequence[str], *, stored: tuple[int, int] | 
   stop = 2**62 if num_epochs is None else sampler.epoch_len * num_epochs
   batches = -(-stop // sampler.batch_size) if ordered else stop // sampler.batch_size
   size = tuple(stored) if stored else T.stored_size(sampler.source)
-  decode = T.DecodeBatch(sampler, stop, keys, size, variant, margin, region_dir, fill=not ordered)
+  decode = T.DecodeBatch(sampler, stop, keys, size, variant, margin, region_dir, fill=not ordered,
+                         threads=decode_threads)
   it = grain.MapDataset.range(batches).map(decode).to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2))
   it = _workers(it, num_workers)
@@ -180,18 +185,20 @@ def _check_view(view: str) -> None:
 
 def pretrain_dataset(source: Any, *, batch_size: int, seed: int = 0, num_epochs: int | None = None,
                      stored_size: tuple[int, int] | None = None, shard: Shard | None = None,
-                     num_workers: int = 0, num_threads: int = 0) -> grain.IterDataset:
+                     num_workers: int = 0, num_threads: int = 0, decode_threads: int = 0
+                     ) -> grain.IterDataset:
   """Unlabeled frames (the MAE recipe's crop and flip happen on the device)."""
   return _finish(_training_sampler(source, shard, batch_size, seed), ('image',),
                  stored=stored_size, num_epochs=num_epochs, num_workers=num_workers,
-                 num_threads=num_threads)
+                 num_threads=num_threads, decode_threads=decode_threads)
 
 
 def finetune_dataset(source: Any, *, batch_size: int, seed: int = 0,
                      num_epochs: int | None = None, view: str = 'face', region_margin: float = 0.1,
                      class_balanced: bool = False, balance_power: float = 1.0,
                      stored_size: tuple[int, int] | None = None, shard: Shard | None = None,
-                     num_workers: int = 0, num_threads: int = 0) -> grain.IterDataset:
+                     num_workers: int = 0, num_threads: int = 0, decode_threads: int = 0
+                     ) -> grain.IterDataset:
   """Labelled frames of one view (a region view: the image and its boxes).
 
   ``class_balanced`` draws records with weight count(label)^-balance_power (1.0: classes equally
@@ -200,18 +207,19 @@ def finetune_dataset(source: Any, *, batch_size: int, seed: int = 0,
   _check_view(view)
   sampler = _training_sampler(source, shard, batch_size, seed, class_balanced, balance_power)
   return _finish(sampler, ('image', 'label'), stored=stored_size, num_epochs=num_epochs,
-                 num_workers=num_workers, num_threads=num_threads,
+                 num_workers=num_workers, num_threads=num_threads, decode_threads=decode_threads,
                  variant=None if view == 'face' else view, margin=region_margin)
 
 
 def eval_dataset(source: Any, *, batch_size: int, view: str = 'face', region_margin: float = 0.1,
                  stored_size: tuple[int, int] | None = None, shard: Shard | None = None,
-                 num_workers: int = 0, num_threads: int = 0) -> grain.IterDataset:
+                 num_workers: int = 0, num_threads: int = 0, decode_threads: int = 0
+                 ) -> grain.IterDataset:
   """One pass in source order (video, frame); padded last batch."""
   _check_view(view)
   return _finish(_eval_sampler(source, shard, batch_size), ('image', 'label', 'video', 'frame'),
                  stored=stored_size, num_epochs=1, num_workers=num_workers,
-                 num_threads=num_threads, ordered=True,
+                 num_threads=num_threads, decode_threads=decode_threads, ordered=True,
                  variant=None if view == 'face' else view, margin=region_margin)
 
 
@@ -219,7 +227,8 @@ def paired_dataset(source: Any, *, batch_size: int, variant: str = 'eyes_mouth',
                    train: bool = False, seed: int = 0, num_epochs: int | None = None,
                    region_margin: float = 0.1, region_images_dir: str | None = None,
                    stored_size: tuple[int, int] | None = None, shard: Shard | None = None,
-                   num_workers: int = 0, num_threads: int = 0) -> grain.IterDataset:
+                   num_workers: int = 0, num_threads: int = 0, decode_threads: int = 0
+                 ) -> grain.IterDataset:
   """The face and the boxes of its region view (or, with ``region_images_dir``, the written region
   image) of each frame. Train mode shuffles and repeats like ``finetune_dataset``; eval mode is
   one ordered pass with a padded last batch.
@@ -229,6 +238,6 @@ def paired_dataset(source: Any, *, batch_size: int, variant: str = 'eyes_mouth',
              else _eval_sampler(source, shard, batch_size))
   return _finish(sampler, ('image', 'label', 'video', 'frame'), stored=stored_size,
                  num_epochs=num_epochs if train else 1, num_workers=num_workers,
-                 num_threads=num_threads, ordered=not train,
+                 num_threads=num_threads, decode_threads=decode_threads, ordered=not train,
                  variant=None if region_images_dir else variant, margin=region_margin,
                  region_dir=region_images_dir)

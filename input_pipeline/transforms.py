@@ -16,6 +16,7 @@ Public API:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from concurrent import futures
@@ -78,6 +79,14 @@ def region_path(path: str, images_dir: str) -> str:
   return os.path.join(os.path.dirname(head), images_dir, video, file)
 
 
+@functools.lru_cache(maxsize=64)
+def _template_boxes(variant: str, height: int, width: int, margin: float,
+                    size: tuple[int, int]) -> np.ndarray:
+  boxes = padded_boxes(variant, height, width, None, margin)
+  sy, sx = size[0] / height, size[1] / width
+  return np.round(boxes * np.array([sx, sy, sx, sy])).astype(np.int32)
+
+
 class DecodeBatch(grain.transforms.Map):
   """Batch index -> the batch (see `datasets` for its layout): `sampler(index, stop)` gives its
   records and their epochs; each image is read, decoded and copied into one fresh (rows, H, W, 3)
@@ -103,32 +112,41 @@ class DecodeBatch(grain.transforms.Map):
   def __getstate__(self) -> dict:  # worker processes make their own thread pool
     return {**self.__dict__, '_pool': None}
 
-  def _read_all(self, records: list[tuple[dict, int]]) -> list[tuple[np.ndarray | None, ...]]:
-    """Every record's image (and region image) decoded, in threads: OpenCV releases the GIL, so
-    a batch decodes on every core of one process (grain's worker processes would copy each batch
-    through fresh shared memory, which costs more than decoding it here)."""
-    def read(item):
-      record = item[0]
-      image = read_image(record)
-      if image is None or not self.region_dir:
-        return image, None
-      return image, read_image({'path': region_path(record['path'], self.region_dir)})
-    if self.threads == 1:
-      return [read(r) for r in records]
-    if self._pool is None:
-      self._pool = futures.ThreadPoolExecutor(self.threads)
-    chunk = -(-len(records) // self.threads)
-    parts = self._pool.map(lambda i: [read(r) for r in records[i:i + chunk]],
-                           range(0, len(records), chunk))
-    return [x for part in parts for x in part]
-
   def _boxes(self, record: dict, height: int, width: int) -> np.ndarray:
-    landmarks = abaw.read_landmarks(record['landmarks']) if record.get('landmarks') else None
+    if not record.get('landmarks'):  # the template's: the same for every frame of a size
+      return _template_boxes(self.variant, height, width, self.margin, self.size)
+    landmarks = abaw.read_landmarks(record['landmarks'])
     boxes = padded_boxes(self.variant, height, width, landmarks, self.margin)
     if (height, width) != self.size:  # boxes of the resized image
       sy, sx = self.size[0] / height, self.size[1] / width
       boxes = np.round(boxes * np.array([sx, sy, sx, sy])).astype(np.int32)
     return boxes
+
+  def _fill_rows(self, out: dict, records: list[tuple[dict, int]], rows: range) -> list:
+    """Reads, decodes and writes `rows` of `out` (record j into row j); returns the (row, path)
+    of each unreadable image."""
+    bad = []
+    for j in rows:
+      record = records[j][0]
+      image = read_image(record)
+      if image is None:
+        bad.append((j, record.get('path') or f"<bytes of video {record.get('video')} "
+                                              f"frame {record.get('frame')}>"))
+        continue
+      if self.region_dir:
+        path = region_path(record['path'], self.region_dir)
+        region = read_image({'path': path})
+        if region is None:
+          bad.append((j, path))
+          continue
+        out['region_image'][j] = resize_to(region, self.size)
+      out['image'][j] = resize_to(image, self.size)
+      if self.variant:
+        out['boxes'][j] = self._boxes(record, *image.shape[:2])
+      for key in ('label', 'video', 'frame'):
+        if key in out:
+          out[key][j] = record[key]
+    return bad
 
   def map(self, index: int) -> dict:
     records = self.sampler(index, self.stop)
@@ -141,32 +159,29 @@ class DecodeBatch(grain.transforms.Map):
     for key in self.keys:
       if key not in out:
         out[key] = np.empty(n, np.int32)
-    rows, carried, epochs = 0, [], []
-    for (record, epoch), (image, region) in zip(records, self._read_all(records)):
-      if image is None:
-        carried.append([epoch, record.get('path') or f"<bytes of video {record.get('video')} "
-                                                      f"frame {record.get('frame')}>"])
-        continue
-      if self.region_dir:
-        if region is None:
-          carried.append([epoch, region_path(record['path'], self.region_dir)])
-          continue
-        out['region_image'][rows] = resize_to(region, self.size)
-      out['image'][rows] = resize_to(image, self.size)
-      if self.variant:
-        out['boxes'][rows] = self._boxes(record, *image.shape[:2])
-      for key in ('label', 'video', 'frame'):
-        if key in out:
-          out[key][rows] = record[key]
-      epochs.append(epoch)
-      rows += 1
-    if rows < n and self.fill:
-      if not rows:
+    # Each thread reads, decodes and writes its own rows: OpenCV releases the GIL, so a batch
+    # decodes on every core of one process (grain's worker processes would move each batch
+    # through freshly mapped shared memory, which costs more than decoding it here).
+    parts = [range(i, n, self.threads) for i in range(min(self.threads, n))]
+    if len(parts) > 1:
+      if self._pool is None:
+        self._pool = futures.ThreadPoolExecutor(self.threads)
+      bad = sorted(b for part in self._pool.map(lambda r: self._fill_rows(out, records, r), parts)
+                   for b in part)
+    else:
+      bad = self._fill_rows(out, records, range(n))
+    carried = [[records[j][1], path] for j, path in bad]
+    good = np.ones(n, bool)
+    good[[j for j, _ in bad]] = False
+    epochs = np.asarray([e for (_, e), ok in zip(records, good) if ok], np.int64)
+    if bad and self.fill:
+      if not good.any():
         raise ValueError(f'no image of a whole batch could be read: {carried[0][1]}, ...')
+      source = np.flatnonzero(good)
       for value in out.values():
-        value[rows:] = value[np.arange(n - rows) % rows]
-      rows = n
-    batch = {k: v[:rows] for k, v in out.items()}
-    batch[CARRIED] = carried
-    batch['epoch'] = np.asarray(epochs, np.int64)
-    return batch
+        value[~good] = value[source[np.arange((~good).sum()) % len(source)]]
+    elif bad:
+      out = {k: v[good] for k, v in out.items()}
+    out[CARRIED] = carried
+    out['epoch'] = epochs
+    return out
