@@ -74,7 +74,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   fu = fusion_config('eyes_mouth', SIZE, IMG)
   fu.model.update(ENCODER)
-  fu.data.update(config.data)
+  # The encoders' tokens are read as their fine-tuning evaluated them (its crop_pct): at another
+  # zoom the eyes+mouth encoder loses a third of its macro F1.
+  fu.data.update(config.finetune_region.data)
   fu.fusion.num_heads = 3
   fu.cache_features = True          # the demo's tokens fit in memory
   fu.class_weights = 'sqrt_inverse_frequency'  # as the classifier each head starts from

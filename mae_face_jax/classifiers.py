@@ -121,7 +121,9 @@ def _single_view(model: nnx.Module, config: Any) -> Callable:
 
   def apply(batch):
     images = images_lib.eval_input(images_lib.single_view(batch, config.data), config)
-    return jax.nn.softmax(nnx.merge(graphdef, state)(images).astype(jnp.float32), -1)
+    model = nnx.merge(graphdef, state)
+    model.eval()  # drop path off
+    return jax.nn.softmax(model(images).astype(jnp.float32), -1)
   return jax.jit(apply)
 
 
@@ -177,6 +179,7 @@ def from_fusion_workdir(workdir: str) -> Classifier:
 
   def apply(batch):
     m = nnx.merge(graphdef, state)
+    m.eval()  # drop path off
     face, region = images_lib.face_and_region(batch, config.data)
     main, aux = m.tokens(images_lib.eval_input(face, config), images_lib.eval_input(region, config))
     return jax.nn.softmax(m.heads[method](main, aux).astype(jnp.float32), -1)
