@@ -129,6 +129,8 @@ def eval_views(images, *, size, crop_pct=0.875):
   # torchvision's Resize(int) and CenterCrop rounding, which timm's eval transform uses.
   nh, nw = (int(short * h / w), short) if w <= h else (short, int(short * w / h))
   top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+  if (nh, nw, top, left) == (h, w, 0, 0):  # stored at the model's size, nothing cropped
+    return images
   # Only the crop is computed: the same sample positions as resizing all, then cropping.
   dims = (images.ndim - 3, images.ndim - 2)
   return _resample(images, (size, size), dims, jnp.array([nh / h, nw / w]),
