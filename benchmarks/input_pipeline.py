@@ -37,6 +37,7 @@ _WORKERS = flags.DEFINE_integer('num_workers', 0, 'grain worker processes (0: de
                                 'process, one thread per core)')
 _SECONDS = flags.DEFINE_float('seconds', 30.0, 'timed duration of each host side, all rounds')
 _THREADS = flags.DEFINE_integer('num_threads', 2, 'grain prefetch threads (batches in flight)')
+_DECODE_THREADS = flags.DEFINE_integer('decode_threads', 0, 'threads decoding each batch (0: cores)')
 _ROUNDS = flags.DEFINE_integer('rounds', 6, 'turns of raw decode and pipeline timing')
 _DEVICE_BATCH = flags.DEFINE_integer('device_batch', 0, 'train step batch (0: 32 on CPU, 256 else)')
 _MODEL = flags.DEFINE_string('model_size', 'base', 'ViT size of the train step (patch 16, 224 px)')
@@ -96,7 +97,8 @@ def host_half(source, cores: int) -> np.ndarray:
   workers = _WORKERS.value
   common = dict(batch_size=_BATCH.value, view=_VIEW.value, shard=(0, 1), seed=0,
                 num_threads=_THREADS.value)
-  pipe_side = Pipeline(datasets.finetune_dataset(source, num_workers=workers, **common))
+  pipe_side = Pipeline(datasets.finetune_dataset(source, num_workers=workers,
+                                                 decode_threads=_DECODE_THREADS.value, **common))
   raw, pipe = alternate(RawDecode(paths, cores), pipe_side, _SECONDS.value, _ROUNDS.value)
   batch = pipe_side.batch
   pipe_side.it.close()
@@ -104,7 +106,9 @@ def host_half(source, cores: int) -> np.ndarray:
   one_raw, one = alternate(RawDecode(paths, 1), one_side, _SECONDS.value / 2, _ROUNDS.value)
   print(f'batch {tuple(batch["image"].shape)} {batch["image"].dtype}'
         + (f', boxes {tuple(batch["boxes"].shape)}' if 'boxes' in batch else ''))
-  how = f'{workers} worker processes' if workers else f'in-process, {cores} decode threads'
+  how = (f'{workers} worker processes' if workers else
+         f'in-process, {_DECODE_THREADS.value or cores} decode threads a batch, '
+         f'{_THREADS.value} batches in flight')
   print(f'raw read + cv2.imdecode ({cores} threads): {raw:.0f} images/s; host pipeline ({how}): '
         f'{pipe:.0f} images/s; {_ROUNDS.value} rounds each, in turns')
   print(f'one core: host pipeline {one:.0f} images/s (one decode thread), raw decode '

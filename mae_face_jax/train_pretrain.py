@@ -1,11 +1,10 @@
 """Stage 1: MAE pretraining of the face encoder. Sharded (data × FSDP), multi-host, resumable.
 
 What is this program's own: the MAE loss with crop, flip and mask noise drawn per example on the
-device, and the evaluation
-every `eval` steps (the loss on 8 fixed images with a fixed mask, and their
-original | masked | reconstruction grid in TensorBoard). Steps, loop, checkpoints and logging are
-`mae_face_jax.loop`'s. Stage 2 reads the encoder from the last checkpoint in `workdir/checkpoints`
-(`checkpointing.load_pretrained_params`).
+device, and the evaluation every `eval` steps (the loss on 8 fixed images with a fixed mask, and
+their original | masked | reconstruction grid in TensorBoard). Steps, loop, checkpoints and
+logging are `mae_face_jax.loop`'s. Stage 2 reads the encoder from the last checkpoint in
+`workdir/checkpoints` (`checkpointing.load_pretrained_params`).
 """
 
 from __future__ import annotations
