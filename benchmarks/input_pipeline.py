@@ -1,9 +1,10 @@
 """The input pipeline's two halves, each against what it feeds or competes with, in one run.
 
 Host: the fine-tuning pipeline (read + decode + region boxes + uint8 batch at the stored size;
-`input_pipeline.datasets.finetune_dataset`, decoding on a thread per core, one grain prefetch
-thread) on every core, against plain `cv2.imdecode` of the same files on the same cores. Claim: ``ratio = pipeline images/s / raw decode images/s >= 0.8``.
-Also the images/s one core feeds (the pipeline in this process, no workers).
+`input_pipeline.datasets.finetune_dataset`, decoding on a thread per core, two batches in
+flight) on every core, against plain `cv2.imdecode` of the same files on the same cores, timed
+in turns. Claim: ``ratio = pipeline images/s / raw decode images/s >= 0.8``. Also the images/s
+one core feeds (one decode thread) against one thread of raw decoding.
 
 Device: the fine-tuning recipe's augmentation on the device (region fill, RandomResizedCrop to
 224, flip, RandAugment, erasing; `train_finetune.augmented_images`) against the whole ViT-B/16
@@ -37,7 +38,8 @@ _WORKERS = flags.DEFINE_integer('num_workers', 0, 'grain worker processes (0: de
                                 'process, one thread per core)')
 _SECONDS = flags.DEFINE_float('seconds', 30.0, 'timed duration of each host side, all rounds')
 _THREADS = flags.DEFINE_integer('num_threads', 2, 'grain prefetch threads (batches in flight)')
-_DECODE_THREADS = flags.DEFINE_integer('decode_threads', 0, 'threads decoding each batch (0: cores)')
+_DECODE_THREADS = flags.DEFINE_integer('decode_threads', 0,
+                                       'threads decoding each batch (0: cores)')
 _ROUNDS = flags.DEFINE_integer('rounds', 6, 'turns of raw decode and pipeline timing')
 _DEVICE_BATCH = flags.DEFINE_integer('device_batch', 0, 'train step batch (0: 32 on CPU, 256 else)')
 _MODEL = flags.DEFINE_string('model_size', 'base', 'ViT size of the train step (patch 16, 224 px)')
@@ -123,7 +125,8 @@ def device_half(source) -> None:
   from configs.finetune import finetune_config  # pylint: disable=g-import-not-at-top
   from mae_face_jax import loop, sharding  # pylint: disable=g-import-not-at-top
   from mae_face_jax.models.build import build_model  # pylint: disable=g-import-not-at-top
-  from mae_face_jax.train_finetune import augmented_images, classification_loss_fn  # pylint: disable=g-import-not-at-top
+  from mae_face_jax.train_finetune import (  # pylint: disable=g-import-not-at-top
+      augmented_images, classification_loss_fn)
 
   device = jax.devices()[0]
   on_cpu = device.platform == 'cpu'
@@ -134,7 +137,8 @@ def device_half(source) -> None:
   config.eval_epochs = None
   if not on_cpu:
     config.model.dtype = 'bfloat16'
-  batch = next(iter(datasets.finetune_dataset(source, batch_size=b, view=_VIEW.value, shard=(0, 1))))
+  batch = next(iter(datasets.finetune_dataset(source, batch_size=b, view=_VIEW.value,
+                                              shard=(0, 1))))
   batch = {k: v for k, v in batch.items() if k in ('image', 'label', 'boxes')}
   mesh = sharding.make_mesh(config.mesh, [device])
   run = loop.setup(config, mesh, lambda: build_model(config), None)

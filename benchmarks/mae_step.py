@@ -5,10 +5,10 @@ The JAX side is the pretraining program's own step (`loop.make_train_step` with
 per-example mask noise, MAE's AdamW with its weight-decay mask and lr schedule, donated state) on
 one device. PyTorch runs the reference model of `benchmarks/torch_mae.py` eagerly with
 `torch.optim.AdamW`, from the same weights, on the same images (normalised; its augmentation would
-be its data loader's, so the JAX side also pays for the crop and flip that PyTorch leaves out). Repetitions alternate JAX, PyTorch, JAX, ... so load
-from other processes hits both sides alike; the medians and `ratio = JAX time / PyTorch time` are
-printed (below 1 means JAX is faster), with images/s, the step's FLOPs as XLA counts them, a
-measured matmul peak and the MFU.
+be its data loader's, so the JAX side also pays for the crop and flip that PyTorch leaves out).
+Repetitions alternate JAX, PyTorch, JAX, ... so load from other processes hits both sides alike;
+the medians and `ratio = JAX time / PyTorch time` are printed (below 1 means JAX is faster), with
+images/s, the step's FLOPs as XLA counts them, a measured matmul peak and the MFU.
 
   python benchmarks/mae_step.py                       # ViT-B, batch 8 on CPU (64 on GPU)
   python benchmarks/mae_step.py --size tiny --steps 5

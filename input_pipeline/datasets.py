@@ -10,8 +10,8 @@ unreadable images skipped so far).
 Order of operations: source -> per-host shard (jax.process_index() of jax.process_count(), or
 ``shard=(index, count)``) -> seeded shuffle (or class-balanced sampling) -> repeat -> read + decode
 (OpenCV; region boxes from landmarks) a batch at a time (``transforms.DecodeBatch``) -> count and
-report the unreadable images (``skips``). Nothing else touches a pixel here: every crop, flip, RandAugment op,
-erasing, region fill and evaluation resize runs in the programs' jitted steps
+report the unreadable images (``skips``). Nothing else touches a pixel here: every crop, flip,
+RandAugment op, erasing, region fill and evaluation resize runs in the programs' jitted steps
 (``mae_face_jax.augment``), with the train state's RNG. With ``num_workers`` the decoding runs in
 worker processes, a batch each in turn (the stream does not depend on their number).
 

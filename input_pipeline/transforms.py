@@ -54,7 +54,7 @@ def stored_size(source: Any, probe: int = 16) -> tuple[int, int]:
 
 
 def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """`image` at (height, width) `size` (area filter shrinking, bicubic enlarging); as is if it is."""
+  """`image` at (height, width) `size` (area filter shrinking, bicubic enlarging), or as it is."""
   h, w = image.shape[:2]
   if (h, w) == tuple(size):
     return image
@@ -79,12 +79,21 @@ def region_path(path: str, images_dir: str) -> str:
   return os.path.join(os.path.dirname(head), images_dir, video, file)
 
 
+def _scaled_boxes(variant: str, height: int, width: int, landmarks: np.ndarray | None,
+                  margin: float, size: tuple[int, int]) -> np.ndarray:
+  """`padded_boxes` of a (height, width) image, in the coordinates of that image resized to size."""
+  boxes = padded_boxes(variant, height, width, landmarks, margin)
+  if (height, width) == tuple(size):
+    return boxes
+  sy, sx = size[0] / height, size[1] / width
+  return np.round(boxes * np.array([sx, sy, sx, sy])).astype(np.int32)
+
+
 @functools.lru_cache(maxsize=64)
 def _template_boxes(variant: str, height: int, width: int, margin: float,
                     size: tuple[int, int]) -> np.ndarray:
-  boxes = padded_boxes(variant, height, width, None, margin)
-  sy, sx = size[0] / height, size[1] / width
-  return np.round(boxes * np.array([sx, sy, sx, sy])).astype(np.int32)
+  """The template's boxes: the same for every frame of a size, so made once."""
+  return _scaled_boxes(variant, height, width, None, margin, size)
 
 
 class DecodeBatch(grain.transforms.Map):
@@ -113,14 +122,10 @@ class DecodeBatch(grain.transforms.Map):
     return {**self.__dict__, '_pool': None}
 
   def _boxes(self, record: dict, height: int, width: int) -> np.ndarray:
-    if not record.get('landmarks'):  # the template's: the same for every frame of a size
+    if not record.get('landmarks'):
       return _template_boxes(self.variant, height, width, self.margin, self.size)
-    landmarks = abaw.read_landmarks(record['landmarks'])
-    boxes = padded_boxes(self.variant, height, width, landmarks, self.margin)
-    if (height, width) != self.size:  # boxes of the resized image
-      sy, sx = self.size[0] / height, self.size[1] / width
-      boxes = np.round(boxes * np.array([sx, sy, sx, sy])).astype(np.int32)
-    return boxes
+    return _scaled_boxes(self.variant, height, width, abaw.read_landmarks(record['landmarks']),
+                         self.margin, self.size)
 
   def _fill_rows(self, out: dict, records: list[tuple[dict, int]], rows: range) -> list:
     """Reads, decodes and writes `rows` of `out` (record j into row j); returns the (row, path)

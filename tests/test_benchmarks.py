@@ -36,8 +36,9 @@ def test_input_pipeline_benchmark_prints_both_ratios(tmp_path):
   from input_pipeline import demo_data
   root = demo_data.ensure_demo_data(str(tmp_path / 'data'), num_videos=4, frames=(16, 24), size=48)
   res = subprocess.run([sys.executable, 'benchmarks/input_pipeline.py', f'--data_dir={root}',
-                        '--seconds=1', '--rounds=1', '--batch_size=8', '--device_batch=2', '--model_size=tiny',
-                        '--device_steps=1'], cwd=REPO, capture_output=True, text=True,
+                        '--seconds=1', '--rounds=1', '--batch_size=8', '--device_batch=2',
+                        '--model_size=tiny', '--device_steps=1'], cwd=REPO,
+                       capture_output=True, text=True,
                        timeout=600, env=dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu'))
   assert res.returncode == 0, res.stderr[-3000:]
   for line in ('host ratio = pipeline images/s / raw decode images/s = ',

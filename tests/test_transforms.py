@@ -1,5 +1,6 @@
 """The host's per-record work: decode (RGB, bytes or path), the stored size, off-size images
-resized, region boxes, and DecodeBatch's skips (training rows refilled, evaluation rows left out)."""
+resized, region boxes, and DecodeBatch's skips (training rows refilled, evaluation rows left
+out)."""
 
 import cv2
 import numpy as np
