@@ -1,10 +1,9 @@
 """The input pipeline's two halves, each against what it feeds or competes with, in one run.
 
 Host: the fine-tuning pipeline (read + decode + region boxes + uint8 batch at the stored size;
-`input_pipeline.datasets.finetune_dataset`, decoding on a thread per core, two batches in
-flight) on every core, against plain `cv2.imdecode` of the same files on the same cores, timed
-in turns. Claim: ``ratio = pipeline images/s / raw decode images/s >= 0.8``. Also the images/s
-one core feeds (one decode thread) against one thread of raw decoding.
+`input_pipeline.datasets.finetune_dataset`, one batch in flight per core) on every core, against
+plain file read + `cv2.imdecode` of the same files on the same cores, timed in turns. Claim: ``ratio = pipeline images/s / raw decode images/s >= 0.8``. Also the images/s
+one core feeds (one thread) against one thread of raw decoding.
 
 Device: the fine-tuning recipe's augmentation on the device (region fill, RandomResizedCrop to
 224, flip, RandAugment, erasing; `train_finetune.augmented_images`) against the whole ViT-B/16
@@ -37,9 +36,9 @@ _BATCH = flags.DEFINE_integer('batch_size', 64, 'host pipeline batch size')
 _WORKERS = flags.DEFINE_integer('num_workers', 0, 'grain worker processes (0: decode in this '
                                 'process, one thread per core)')
 _SECONDS = flags.DEFINE_float('seconds', 30.0, 'timed duration of each host side, all rounds')
-_THREADS = flags.DEFINE_integer('num_threads', 2, 'grain prefetch threads (batches in flight)')
-_DECODE_THREADS = flags.DEFINE_integer('decode_threads', 0,
-                                       'threads decoding each batch (0: cores)')
+_THREADS = flags.DEFINE_integer('num_threads', 0, 'grain prefetch threads, batches in flight '
+                                '(0: cores)')
+_DECODE_THREADS = flags.DEFINE_integer('decode_threads', 1, 'threads decoding each batch (0: cores)')
 _ROUNDS = flags.DEFINE_integer('rounds', 6, 'turns of raw decode and pipeline timing')
 _DEVICE_BATCH = flags.DEFINE_integer('device_batch', 0, 'train step batch (0: 32 on CPU, 256 else)')
 _MODEL = flags.DEFINE_string('model_size', 'base', 'ViT size of the train step (patch 16, 224 px)')
@@ -60,7 +59,8 @@ class RawDecode:
   @staticmethod
   def _work(chunk: list[str]) -> int:
     for p in chunk:
-      assert cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_COLOR_RGB) is not None
+      with open(p, 'rb', buffering=0) as f:
+        assert cv2.imdecode(np.frombuffer(f.readall(), np.uint8), cv2.IMREAD_COLOR_RGB) is not None
     return len(chunk)
 
   def run(self, seconds: float) -> float:
@@ -97,23 +97,23 @@ def alternate(a, b, seconds: float, rounds: int) -> tuple[float, float]:
 def host_half(source, cores: int) -> np.ndarray:
   paths = [source[i]['path'] for i in range(len(source))]
   workers = _WORKERS.value
-  common = dict(batch_size=_BATCH.value, view=_VIEW.value, shard=(0, 1), seed=0,
-                num_threads=_THREADS.value)
-  pipe_side = Pipeline(datasets.finetune_dataset(source, num_workers=workers,
+  threads = _THREADS.value or cores
+  common = dict(batch_size=_BATCH.value, view=_VIEW.value, shard=(0, 1), seed=0)
+  pipe_side = Pipeline(datasets.finetune_dataset(source, num_workers=workers, num_threads=threads,
                                                  decode_threads=_DECODE_THREADS.value, **common))
   raw, pipe = alternate(RawDecode(paths, cores), pipe_side, _SECONDS.value, _ROUNDS.value)
   batch = pipe_side.batch
   pipe_side.it.close()
-  one_side = Pipeline(datasets.finetune_dataset(source, decode_threads=1, **common))
+  one_side = Pipeline(datasets.finetune_dataset(source, num_threads=1, decode_threads=1, **common))
   one_raw, one = alternate(RawDecode(paths, 1), one_side, _SECONDS.value / 2, _ROUNDS.value)
   print(f'batch {tuple(batch["image"].shape)} {batch["image"].dtype}'
         + (f', boxes {tuple(batch["boxes"].shape)}' if 'boxes' in batch else ''))
   how = (f'{workers} worker processes' if workers else
-         f'in-process, {_DECODE_THREADS.value or cores} decode threads a batch, '
-         f'{_THREADS.value} batches in flight')
+         f'in-process, {threads} batches in flight, {_DECODE_THREADS.value or cores} '
+         f'decode thread(s) each')
   print(f'raw read + cv2.imdecode ({cores} threads): {raw:.0f} images/s; host pipeline ({how}): '
         f'{pipe:.0f} images/s; {_ROUNDS.value} rounds each, in turns')
-  print(f'one core: host pipeline {one:.0f} images/s (one decode thread), raw decode '
+  print(f'one core: host pipeline {one:.0f} images/s (one thread), raw decode '
         f'{one_raw:.0f} images/s ({one / one_raw:.3f})')
   print(f'host ratio = pipeline images/s / raw decode images/s = {pipe / raw:.3f} (target >= 0.8)')
   return batch

@@ -27,7 +27,7 @@ or ``stored_size``; an image of another size is resized to it on the host), all 
     'mask'          float32 (B,)          eval/paired-eval only: 0 for padding rows of the last batch
 
 Signatures (keyword-only after ``source``; every one also takes ``stored_size=None, shard=None,
-num_workers=0, num_threads=0, decode_threads=0``):
+num_workers=0, num_threads=0, decode_threads=1``):
     pretrain_dataset(source, *, batch_size, seed=0, num_epochs=None)            keys image
     finetune_dataset(source, *, batch_size, seed=0, num_epochs=None, view='face', region_margin=0.1,
                      class_balanced=False, balance_power=1.0)       keys image, label (+ boxes)
@@ -41,11 +41,12 @@ num_workers=0, num_threads=0, decode_threads=0``):
 
 ``num_epochs=None`` repeats forever (training loops count steps); each epoch is reshuffled. With a
 finite ``num_epochs``, training modes drop the short batch that ends the stream.
-``decode_threads`` decode each batch's images in parallel (0: one per core; OpenCV releases the
-GIL), the way to use every core: measured on 2 cores, grain's worker processes cost more than
-they save here (each batch crosses to the consumer through freshly mapped shared memory).
-``num_threads`` are grain prefetch threads in the consuming process (0: batches are made on
-demand; 1 or 2 overlap decoding with the train step).
+``num_threads`` are grain prefetch threads in the consuming process, each making whole batches
+(0: batches are made on demand); one per core is the way to use every core (OpenCV releases the
+GIL while it reads and decodes). ``decode_threads`` split one batch's images further (0: one per
+core), for when batches in flight are fewer than cores. Measured on 2 cores: 2 prefetch threads of
+one decode thread each beat 1 of 2, and grain's worker processes cost more than they save here
+(each batch crosses to the consumer through freshly mapped shared memory).
 ``num_workers > 0`` adds grain ``mp_prefetch`` worker processes: the caller needs an
 ``if __name__ == '__main__'`` guard (workers are spawned) and absl flags parsed (``absl.app.run``; if
 they are not, this module marks them parsed).
@@ -118,10 +119,13 @@ class Sampler:
 
   def __call__(self, batch: int, stop: int) -> list[tuple[dict, int]]:
     """(record, epoch) of the batch's positions below `stop` (the stream's end)."""
-    out = []
-    for position in range(batch * self.batch_size, min((batch + 1) * self.batch_size, stop)):
-      epoch, k = divmod(position, self.epoch_len)
-      out.append((self.source[int(self._epoch(epoch)[k])], epoch))
+    out, start = [], batch * self.batch_size
+    end = min(start + self.batch_size, stop)
+    while start < end:  # one slice of each epoch the batch spans
+      epoch, k = divmod(start, self.epoch_len)
+      take = min(end - start, self.epoch_len - k)
+      out += [(self.source[i], epoch) for i in self._epoch(epoch)[k:k + take].tolist()]
+      start += take
     return out
 
 
@@ -152,7 +156,7 @@ def _worker_init(worker_index: int, worker_count: int) -> None:
 def _finish(sampler: Sampler, keys: Sequence[str], *, stored: tuple[int, int] | None,
             num_epochs: int | None, num_workers: int, num_threads: int, ordered: bool = False,
             variant: str | None = None, margin: float = 0.1, region_dir: str | None = None,
-            decode_threads: int = 0) -> grain.IterDataset:
+            decode_threads: int = 1) -> grain.IterDataset:
   """Batch indices → decoded batches (in worker processes, if any) → skip accounting. Batches are
   formed before the workers, so they do not depend on their number. Training drops a short last
   batch of a finite stream; evaluation (``ordered``) keeps it, padded with mask-0 rows, as it pads
@@ -163,7 +167,7 @@ def _finish(sampler: Sampler, keys: Sequence[str], *, stored: tuple[int, int] | 
   decode = T.DecodeBatch(sampler, stop, keys, size, variant, margin, region_dir, fill=not ordered,
                          threads=decode_threads)
   it = grain.MapDataset.range(batches).map(decode).to_iter_dataset(
-      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2))
+      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2, num_threads)))
   it = _workers(it, num_workers)
   return skips.ReportSkips(it, sampler.epoch_len, sampler.batch_size, pad=ordered)
 
@@ -185,7 +189,7 @@ def _check_view(view: str) -> None:
 
 def pretrain_dataset(source: Any, *, batch_size: int, seed: int = 0, num_epochs: int | None = None,
                      stored_size: tuple[int, int] | None = None, shard: Shard | None = None,
-                     num_workers: int = 0, num_threads: int = 0, decode_threads: int = 0
+                     num_workers: int = 0, num_threads: int = 0, decode_threads: int = 1
                      ) -> grain.IterDataset:
   """Unlabeled frames (the MAE recipe's crop and flip happen on the device)."""
   return _finish(_training_sampler(source, shard, batch_size, seed), ('image',),
@@ -197,7 +201,7 @@ def finetune_dataset(source: Any, *, batch_size: int, seed: int = 0,
                      num_epochs: int | None = None, view: str = 'face', region_margin: float = 0.1,
                      class_balanced: bool = False, balance_power: float = 1.0,
                      stored_size: tuple[int, int] | None = None, shard: Shard | None = None,
-                     num_workers: int = 0, num_threads: int = 0, decode_threads: int = 0
+                     num_workers: int = 0, num_threads: int = 0, decode_threads: int = 1
                      ) -> grain.IterDataset:
   """Labelled frames of one view (a region view: the image and its boxes).
 
@@ -213,7 +217,7 @@ def finetune_dataset(source: Any, *, batch_size: int, seed: int = 0,
 
 def eval_dataset(source: Any, *, batch_size: int, view: str = 'face', region_margin: float = 0.1,
                  stored_size: tuple[int, int] | None = None, shard: Shard | None = None,
-                 num_workers: int = 0, num_threads: int = 0, decode_threads: int = 0
+                 num_workers: int = 0, num_threads: int = 0, decode_threads: int = 1
                  ) -> grain.IterDataset:
   """One pass in source order (video, frame); padded last batch."""
   _check_view(view)
@@ -227,7 +231,7 @@ def paired_dataset(source: Any, *, batch_size: int, variant: str = 'eyes_mouth',
                    train: bool = False, seed: int = 0, num_epochs: int | None = None,
                    region_margin: float = 0.1, region_images_dir: str | None = None,
                    stored_size: tuple[int, int] | None = None, shard: Shard | None = None,
-                   num_workers: int = 0, num_threads: int = 0, decode_threads: int = 0
+                   num_workers: int = 0, num_threads: int = 0, decode_threads: int = 1
                  ) -> grain.IterDataset:
   """The face and the boxes of its region view (or, with ``region_images_dir``, the written region
   image) of each frame. Train mode shuffles and repeats like ``finetune_dataset``; eval mode is

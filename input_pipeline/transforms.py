@@ -36,8 +36,11 @@ def read_image(record: dict) -> np.ndarray | None:
   """RGB uint8 image of a record ('image_bytes' or 'path'); None if missing, empty or corrupt."""
   data = record.get('image_bytes')
   try:
-    buf = np.frombuffer(data, np.uint8) if data is not None else np.fromfile(record['path'], np.uint8)
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB)  # raises on an empty buffer, None on garbage
+    if data is None:
+      with open(record['path'], 'rb', buffering=0) as f:  # unbuffered: one read call
+        data = f.readall()
+    # imdecode, not imread: imread returns a truncated JPEG's partial picture, imdecode rejects it.
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)  # raises if empty
   except (OSError, cv2.error):
     return None
 
@@ -112,7 +115,7 @@ class DecodeBatch(grain.transforms.Map):
   def __init__(self, sampler: Callable[[int, int], list[tuple[dict, int]]], stop: int,
                keys: Sequence[str], size: tuple[int, int], variant: str | None = None,
                margin: float = 0.1, region_dir: str | None = None, fill: bool = True,
-               threads: int = 0):
+               threads: int = 1):
     self.sampler, self.stop, self.keys, self.size = sampler, stop, tuple(keys), tuple(size)
     self.variant, self.margin, self.region_dir, self.fill = variant, margin, region_dir, fill
     self.threads = threads or os.cpu_count() or 1
@@ -129,8 +132,9 @@ class DecodeBatch(grain.transforms.Map):
 
   def _fill_rows(self, out: dict, records: list[tuple[dict, int]], rows: range) -> list:
     """Reads, decodes and writes `rows` of `out` (record j into row j); returns the (row, path)
-    of each unreadable image."""
-    bad = []
+    of each unreadable image. Kept lean: its Python holds the GIL the decoders share."""
+    bad, images, regions_out = [], out['image'], out.get('region_image')
+    boxes, size = out.get('boxes'), self.size
     for j in rows:
       record = records[j][0]
       image = read_image(record)
@@ -138,19 +142,16 @@ class DecodeBatch(grain.transforms.Map):
         bad.append((j, record.get('path') or f"<bytes of video {record.get('video')} "
                                               f"frame {record.get('frame')}>"))
         continue
-      if self.region_dir:
+      if regions_out is not None:
         path = region_path(record['path'], self.region_dir)
         region = read_image({'path': path})
         if region is None:
           bad.append((j, path))
           continue
-        out['region_image'][j] = resize_to(region, self.size)
-      out['image'][j] = resize_to(image, self.size)
-      if self.variant:
-        out['boxes'][j] = self._boxes(record, *image.shape[:2])
-      for key in ('label', 'video', 'frame'):
-        if key in out:
-          out[key][j] = record[key]
+        regions_out[j] = resize_to(region, size)
+      images[j] = image if image.shape[:2] == size else resize_to(image, size)
+      if boxes is not None:
+        boxes[j] = self._boxes(record, *image.shape[:2])
     return bad
 
   def map(self, index: int) -> dict:
@@ -163,7 +164,7 @@ class DecodeBatch(grain.transforms.Map):
       out['boxes'] = np.zeros((n, MAX_BOXES, 4), np.int32)
     for key in self.keys:
       if key not in out:
-        out[key] = np.empty(n, np.int32)
+        out[key] = np.fromiter((r[key] for r, _ in records), np.int32, n)
     # Each thread reads, decodes and writes its own rows: OpenCV releases the GIL, so a batch
     # decodes on every core of one process (grain's worker processes would move each batch
     # through freshly mapped shared memory, which costs more than decoding it here).
