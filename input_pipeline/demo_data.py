@@ -22,7 +22,9 @@ Written tree (``DEMO_DATA.txt`` is written last and marks a complete dataset):
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import shutil
 import time
@@ -194,13 +196,40 @@ def _video_script(num_frames: int, rng: np.random.Generator) -> tuple[np.ndarray
   return params, labels
 
 
+def _person(name: str) -> str:
+  return name.rsplit('_', 1)[0] if name.endswith(('_left', '_right')) else name
+
+
+def _write_video(job: tuple) -> np.ndarray:
+  """One video's frames (and its annotation file, unless a test video); returns its labels."""
+  root, name, v, seed, size, frames, split = job
+  vrng = np.random.default_rng([seed, v])
+  identity = _identity(vrng, size)
+  params, labels = _video_script(int(vrng.integers(frames[0], frames[1] + 1)), vrng)
+  out_dir = os.path.join(root, IMAGES_DIR, name)
+  os.makedirs(out_dir)
+  dropped = vrng.random(len(labels)) < 0.005  # face detector misses: annotated, no image
+  for k, (p, drop) in enumerate(zip(params, dropped), start=1):
+    img = render_face(identity, p, vrng, size)
+    if drop:
+      continue
+    quality = int(vrng.integers(*identity['quality']))
+    ok, buf = cv2.imencode('.jpg', img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    buf.tofile(os.path.join(out_dir, f'{k:05d}.jpg'))
+  if split != 'test':
+    with open(os.path.join(root, ANNOTATIONS_DIR, split, name + '.txt'), 'w') as f:
+      f.write(','.join(CLASSES) + '\n' + ''.join(f'{int(l)}\n' for l in labels))
+  return labels
+
+
 def generate_demo_data(root: str, num_videos: int = 60, frames: tuple[int, int] = (120, 220),
                        size: int = 112, seed: int = 0) -> None:
   """Writes the demo dataset into ``root`` (which must not hold one already); deterministic in seed."""
   rng = np.random.default_rng(seed)
   names = _video_names(num_videos, rng)
   # Split by person: both halves of a _left/_right pair land in the same split.
-  people = sorted({n.rsplit('_', 1)[0] if n.endswith(('_left', '_right')) else n for n in names})
+  people = sorted({_person(n) for n in names})
   order = rng.permutation(len(people))
   n_val, n_test = max(1, round(0.2 * len(people))), max(1, round(0.1 * len(people)))
   split_of = {}
@@ -210,29 +239,17 @@ def generate_demo_data(root: str, num_videos: int = 60, frames: tuple[int, int] 
   for split in ('Train_Set', 'Validation_Set'):
     os.makedirs(os.path.join(root, ANNOTATIONS_DIR, split), exist_ok=True)
   test_videos, counts = [], np.zeros(len(CLASSES), np.int64)
-  for v, name in enumerate(names):
-    vrng = np.random.default_rng([seed, v])
-    identity = _identity(vrng, size)
-    params, labels = _video_script(int(vrng.integers(frames[0], frames[1] + 1)), vrng)
-    out_dir = os.path.join(root, IMAGES_DIR, name)
-    os.makedirs(out_dir)
-    dropped = vrng.random(len(labels)) < 0.005  # face detector misses: annotated, no image
-    for k, (p, drop) in enumerate(zip(params, dropped), start=1):
-      img = render_face(identity, p, vrng, size)
-      if drop:
-        continue
-      quality = int(vrng.integers(*identity['quality']))
-      ok, buf = cv2.imencode('.jpg', img, [cv2.IMWRITE_JPEG_QUALITY, quality])
-      assert ok
-      buf.tofile(os.path.join(out_dir, f'{k:05d}.jpg'))
-    person = name.rsplit('_', 1)[0] if name.endswith(('_left', '_right')) else name
-    split = split_of[person]
-    if split == 'test':
-      test_videos.append(name)
-      continue
-    counts += np.bincount(labels[labels >= 0], minlength=len(CLASSES))
-    with open(os.path.join(root, ANNOTATIONS_DIR, split, name + '.txt'), 'w') as f:
-      f.write(','.join(CLASSES) + '\n' + ''.join(f'{int(l)}\n' for l in labels))
+  # Each video draws from its own generator, so the videos are written in parallel, one process a
+  # core, with the same result as one by one.
+  jobs = [(root, name, v, seed, size, frames, split_of[_person(name)])
+          for v, name in enumerate(names)]
+  with concurrent.futures.ProcessPoolExecutor(min(len(jobs), os.cpu_count() or 1),
+                                              mp_context=multiprocessing.get_context('spawn')) as pool:
+    for (_, name, *_, split), labels in zip(jobs, pool.map(_write_video, jobs)):
+      if split == 'test':
+        test_videos.append(name)
+      else:
+        counts += np.bincount(labels[labels >= 0], minlength=len(CLASSES))
   with open(os.path.join(root, TEST_LIST), 'w') as f:
     f.write(''.join(n + '\n' for n in test_videos))
   info = {'generator': 'input_pipeline.demo_data', 'seed': seed, 'num_videos': num_videos,

@@ -113,22 +113,26 @@ def start(config: Any) -> Mesh:
 
 def setup(config: Any, mesh: Mesh, build: ts.Builder, examples_per_epoch: int | None, *,
           lr_scales: Callable[[Any], Any] | None = None,
-          overrides: Mapping[str, Any] | None = None, trained: Any = nnx.Param,
-          abstract: bool = False) -> Run:
+          overrides: Mapping[str, Any] | Callable[[dict], Mapping[str, Any]] | None = None,
+          trained: Any = nnx.Param, abstract: bool = False) -> Run:
   """Durations, optimizer, and the train state built straight into its shardings (variables named
-  in `overrides` replaced, e.g. by pretrained weights); `resume` then completes the run.
+  in `overrides` replaced, e.g. by pretrained weights; a callable gets every parameter's shape,
+  `ts.abstract_params`, and returns them); `resume` then completes the run.
   `lr_scales(abstract_params)` gives per-parameter lr multipliers (layer decay). With `abstract`
   the state is shapes only, for compiling the step ahead of time (`mae_face_jax.aot`)."""
   d = durations(config, examples_per_epoch)
-  _, abstract_params, _ = ts.abstract_model(build, trained)
-  abstract_params = nnx.to_pure_dict(abstract_params)
+  model = ts.abstract_model(build, trained)  # traced once, used by every step below
+  abstract_params = nnx.to_pure_dict(model[1])
   tx, schedule = optim.make_optimizer(config, abstract_params, d.total, d.warmup,
                                       lr_scales(abstract_params) if lr_scales else None)
+  if callable(overrides):
+    overrides = overrides(ts.abstract_params(model))
   if abstract:
-    placed = ts.abstract_train_state(build, config.seed, mesh, config.mesh.rules, tx, trained)
+    placed = ts.abstract_train_state(build, config.seed, mesh, config.mesh.rules, tx, trained,
+                                     model)
   else:
     placed = ts.create_train_state(build, config.seed, mesh, config.mesh.rules, tx, overrides,
-                                   trained)
+                                   trained, model)
   return Run(config, mesh, d, tx, schedule, placed, None, None)
 
 

@@ -115,15 +115,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   mesh = loop.start(config)
   _, train_source, val_source, weights = inputs.labelled_splits(config, workdir)
   pretrained, source_name = pretrained_params(config)
-  build = lambda: build_model(config)
   overrides = None
   if pretrained is None:
     logging.warning('config.init names no pretrained weights: training from random init')
   else:
-    _, abstract_params, _ = ts.abstract_model(build)
-    overrides = ts.select_pretrained(nnx.to_pure_dict(abstract_params), pretrained, source_name)
+    overrides = lambda params: ts.select_pretrained(params, pretrained, source_name)
   run = loop.setup(
-      config, mesh, build, len(train_source), overrides=overrides,
+      config, mesh, lambda: build_model(config), len(train_source), overrides=overrides,
       lr_scales=lambda p: optim.layer_decay_scales(p, config.model.depth, config.layer_decay))
   run = loop.resume(run, workdir, inputs.finetune_iterator(config, train_source))
   batch_ndims = {'image': 4, 'label': 1} | ({'boxes': 3} if config.view != 'face' else {})

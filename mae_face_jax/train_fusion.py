@@ -74,10 +74,9 @@ def head_start(init: str, heads: dict, main: dict, aux: dict) -> dict[str, np.nd
   return flat
 
 
-def encoder_overrides(config: Any) -> dict[str, np.ndarray]:
+def encoder_overrides(config: Any, abstract: dict) -> dict[str, np.ndarray]:
   """The frozen encoders' weights (best/ of each fine-tuning workdir, refused if of another
-  config) and the heads' start (`fusion.init`)."""
-  abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build_model(config)), nnx.Param))
+  config) and the heads' start (`fusion.init`); `abstract`: every parameter's shape."""
   flat, loaded = {}, {}
   for prefix, workdir in (('face_encoder', config.face_workdir),
                           ('region_encoder', config.region_workdir)):
@@ -229,7 +228,8 @@ def train_and_evaluate(config: Any, workdir: str,
   mesh = loop.start(config)
   root, train_source, val_source, weights = inputs.labelled_splits(config, workdir)
   run = loop.setup(config, mesh, lambda: build_model(config), len(train_source),
-                   overrides=encoder_overrides(config), trained=FusionModel.TRAINED)
+                   overrides=lambda params: encoder_overrides(config, params),
+                   trained=FusionModel.TRAINED)
   graphdef, fixed = run.placed.graphdef, run.placed.fixed
   tokens = make_tokens(graphdef, config, mesh)
   cache = {} if feature_cache is None else feature_cache

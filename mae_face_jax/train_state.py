@@ -37,10 +37,18 @@ class Placed(NamedTuple):
   trained: Any          # the filter that tells trained variables (`params`) from fixed ones
 
 
-def abstract_model(build: Builder, trained: Any = nnx.Param
-                   ) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+Abstract = tuple[nnx.GraphDef, nnx.State, nnx.State]
+
+
+def abstract_model(build: Builder, trained: Any = nnx.Param) -> Abstract:
   """Graph, trained and fixed variable shapes (with their metadata), without allocating."""
   return nnx.split(nnx.eval_shape(build), trained, ...)
+
+
+def abstract_params(abstract: Abstract) -> dict[str, Any]:
+  """Every parameter's shape (trained or fixed) of an `abstract_model`, as a nested dict."""
+  graphdef, trained, fixed = abstract
+  return nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, trained, fixed), nnx.Param))
 
 
 def flatten(tree: Any) -> dict[str, Any]:
@@ -77,10 +85,12 @@ def select_pretrained(params: Any, pretrained: Mapping[str, np.ndarray], source:
 
 
 def _init_and_shardings(build: Builder, seed: int, mesh: Mesh, rules: sharding.Rules,
-                        tx: optax.GradientTransformation, trained: Any
+                        tx: optax.GradientTransformation, trained: Any, abstract: Abstract | None
                         ) -> tuple[nnx.GraphDef, Callable[[], tuple[State, nnx.State]], Any, Any]:
-  """The graph, the state's initialiser, and the shardings of its state and fixed variables."""
-  graphdef, params, fixed = abstract_model(build, trained)
+  """The graph, the state's initialiser, and the shardings of its state and fixed variables
+  (from `abstract`, `abstract_model`'s result, when the caller has it: tracing a model's
+  construction is slow, seconds for the fusion stage's twelve heads)."""
+  graphdef, params, fixed = abstract or abstract_model(build, trained)
   param_shardings = sharding.variable_shardings(params, mesh, rules)
   abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(params))
   replicated = sharding.replicated(mesh)
@@ -102,23 +112,24 @@ def _init_and_shardings(build: Builder, seed: int, mesh: Mesh, rules: sharding.R
 
 
 def abstract_train_state(build: Builder, seed: int, mesh: Mesh, rules: sharding.Rules,
-                         tx: optax.GradientTransformation, trained: Any = nnx.Param) -> Placed:
+                         tx: optax.GradientTransformation, trained: Any = nnx.Param,
+                         abstract: Abstract | None = None) -> Placed:
   """`create_train_state`'s result as shapes only (`jax.ShapeDtypeStruct`s), nothing allocated:
   what compiling a step ahead of time for devices one does not have needs."""
   graphdef, init, state_shardings, fixed_shardings = _init_and_shardings(build, seed, mesh, rules,
-                                                                         tx, trained)
+                                                                         tx, trained, abstract)
   state, fixed = jax.eval_shape(init)
   return Placed(graphdef, state, state_shardings, fixed, fixed_shardings, trained)
 
 
 def create_train_state(build: Builder, seed: int, mesh: Mesh, rules: sharding.Rules,
                        tx: optax.GradientTransformation, overrides: Mapping[str, Any] | None = None,
-                       trained: Any = nnx.Param) -> Placed:
+                       trained: Any = nnx.Param, abstract: Abstract | None = None) -> Placed:
   """Initialises model and optimizer directly in their shardings (no full copy on any host),
   then overwrites the variables named in `overrides` (flat names of params or fixed variables,
   e.g. pretrained weights), which must have their shapes."""
   graphdef, init, state_shardings, fixed_shardings = _init_and_shardings(build, seed, mesh, rules,
-                                                                         tx, trained)
+                                                                         tx, trained, abstract)
   state, fixed = jax.jit(init, out_shardings=(state_shardings, fixed_shardings))()
   if overrides:
     unknown = set(overrides) - set(flatten(state['params'])) - set(flatten(fixed))
