@@ -38,6 +38,8 @@ def _encoder_fields(size: str, img_size: int) -> dict:
       # None lets JAX choose; 'cudnn' is the fused kernel on NVIDIA GPUs, 'auto' picks it there.
       attention_impl=config_dict.placeholder(str),
       remat='none',           # per block: 'none', 'dots' (keep linear outputs) or 'full'
+      token_matmul='auto',    # linear layers over (B*N, D) 'flat' or (B, N, D) 'batched'; 'auto':
+                              # batched on TPUs, flat elsewhere
       dtype='float32',        # compute dtype: 'bfloat16' on accelerators
       param_dtype='float32',  # master weights stay float32
   )

@@ -26,7 +26,7 @@ import numpy as np
 from jax.experimental import topologies
 
 from mae_face_jax import loop, sharding, train_pretrain
-from mae_face_jax.models.build import build_model, resolve_attention_impl
+from mae_face_jax.models.build import build_model, resolve_attention_impl, resolve_token_matmul
 
 GIB = 2**30
 # The recipe's epoch (ImageNet-1k's training set): the schedule's length in steps, and the unit of
@@ -207,6 +207,7 @@ def compile_pretrain_step(config: Any, topology: str) -> tuple[Any, Estimate]:
   chip, _ = chip_of(topology)
   config = config.copy_and_resolve_references()  # the choices below are the TPU's, not this host's
   config.model.attention_impl = resolve_attention_impl(config.model.attention_impl, 'tpu')
+  config.model.token_matmul = resolve_token_matmul(config.model.token_matmul, 'tpu')
   mesh = sharding.make_mesh(config.mesh, topology_devices(topology))
   if config.batch_size % mesh.size:
     raise ValueError(f'batch_size {config.batch_size} is not divisible by {mesh.size} devices')
@@ -260,7 +261,8 @@ def format_estimate(e: Estimate, config: Any) -> str:
   lines = [
       f'{e.topology}: {math.prod(e.mesh.values())} chips, mesh {e.mesh}; MAE embed {m.embed_dim} '
       f'depth {m.depth}, {m.dtype} compute, remat {m.get("remat", "none")!r}, attention '
-      f'{resolve_attention_impl(m.attention_impl, "tpu") or "xla"}; global batch '
+      f'{resolve_attention_impl(m.attention_impl, "tpu") or "xla"}, token matmul '
+      f'{resolve_token_matmul(m.token_matmul, "tpu")}; global batch '
       f'{e.images_per_step} (compiled in {e.compile_s:.0f} s)',
       'Memory per device (XLA\'s buffer assignment):',
       f'  parameters {g(e.params_bytes)} + optimizer state {g(e.opt_state_bytes)} '

@@ -91,3 +91,25 @@ def test_einsum_attention_matches_xla_attention():
   plain = VisionTransformer(**TINY_VIT, rngs=nnx.Rngs(0))
   fused = VisionTransformer(**TINY_VIT, attention_impl='einsum', rngs=nnx.Rngs(0))
   np.testing.assert_allclose(fused(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
+def test_batched_token_matmul_matches_flat():
+  """token_matmul='batched' (TPUs' 'auto': no layout copies at 50 or 197 tokens) multiplies the
+  (B, N, D) tokens directly: the same parameters and outputs as the flat (B*N, D) products."""
+  from mae_face_jax.models.build import resolve_token_matmul
+  from mae_face_jax.models.mae import MaskedAutoencoder
+  from tests.helpers import TINY_MAE
+  x = jnp.asarray(images(2, 32))
+  flat = VisionTransformer(**TINY_VIT, num_classes=8, rngs=nnx.Rngs(0))
+  randomize_params(flat, seed=1)
+  batched = VisionTransformer(**TINY_VIT, num_classes=8, token_matmul='batched', rngs=nnx.Rngs(0))
+  nnx.update(batched, nnx.state(flat, nnx.Param))
+  np.testing.assert_allclose(batched(x), flat(x), rtol=1e-5, atol=1e-5)
+  noise = jnp.asarray(np.random.default_rng(0).random((2, (32 // TINY_MAE['patch_size']) ** 2)))
+  mae_flat = MaskedAutoencoder(**TINY_MAE, rngs=nnx.Rngs(0))
+  mae_batched = MaskedAutoencoder(**TINY_MAE, token_matmul='batched', rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(mae_batched(x, noise).loss, mae_flat(x, noise).loss, rtol=1e-5)
+  assert [resolve_token_matmul('auto', b) for b in ('tpu', 'gpu', 'cpu')] == [
+      'batched', 'flat', 'flat']
+  with pytest.raises(ValueError, match='token_matmul'):
+    VisionTransformer(**TINY_VIT, token_matmul='rows', rngs=nnx.Rngs(0))

@@ -84,7 +84,8 @@ class MaskedAutoencoder(nnx.Module):
                decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,
                mlp_ratio: float = 4.0, mask_ratio: float = 0.75, norm_pix_loss: bool = True,
                drop_path_rate: float = 0.0, attention_impl: str | None = None, remat: str = 'none',
-               dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+               token_matmul: str = 'flat', dtype: Any = jnp.float32,
+               param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.patch_size, self.in_chans = patch_size, in_chans
     self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
@@ -98,11 +99,13 @@ class MaskedAutoencoder(nnx.Module):
         jnp.asarray(pe.get_2d_sincos_pos_embed(embed_dim, grid, cls_token=True)[None], param_dtype),
         **sharded(None, None, 'embed'))
     self.blocks = make_blocks(embed_dim, depth, num_heads, mlp_ratio, drop_path_rate,
-                              attention_impl=attention_impl, remat=remat, **kw)
+                              attention_impl=attention_impl, remat=remat,
+                              token_matmul=token_matmul, **kw)
     self.norm = layer_norm(embed_dim, **kw)
 
     # Decoder.
-    self.decoder_embed = linear(embed_dim, decoder_embed_dim, ('embed', 'decoder_embed'), **kw)
+    self.decoder_embed = linear(embed_dim, decoder_embed_dim, ('embed', 'decoder_embed'),
+                                token_matmul=token_matmul, **kw)
     self.mask_token = nnx.Param(normal(rngs.params(), (1, 1, decoder_embed_dim), param_dtype))
     self.decoder_pos_embed = PosEmbed(
         jnp.asarray(pe.get_2d_sincos_pos_embed(decoder_embed_dim, grid, cls_token=True)[None],
@@ -110,10 +113,10 @@ class MaskedAutoencoder(nnx.Module):
         **sharded(None, None, 'decoder_embed'))
     self.decoder_blocks = make_blocks(decoder_embed_dim, decoder_depth, decoder_num_heads,
                                       mlp_ratio, 0.0, attention_impl=attention_impl, remat=remat,
-                                      **kw)
+                                      token_matmul=token_matmul, **kw)
     self.decoder_norm = layer_norm(decoder_embed_dim, **kw)
     self.decoder_pred = linear(decoder_embed_dim, patch_size**2 * in_chans,
-                               ('decoder_embed', None), **kw)
+                               ('decoder_embed', None), token_matmul=token_matmul, **kw)
 
   def forward_encoder(self, imgs: jax.Array, noise: jax.Array
                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
