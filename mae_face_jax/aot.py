@@ -138,6 +138,66 @@ def hotspots(hlo_text: str, top: int = 8) -> list[tuple[str, float, int]]:
   return [(name, c / total, n) for name, (c, n) in ranked]
 
 
+_SHAPE = re.compile(r'\b(pred|[a-z]+\d+)\[([\d,]*)\]')
+_INSTRUCTION = re.compile(r'\s*(?:ROOT )?%(\S+) = (.*?) ([\w-]+)\((.*)')
+_NOT_ACCESSES = {'parameter', 'constant', 'get-tuple-element', 'tuple', 'bitcast', 'after-all',
+                 'partition-id', 'replica-id'}
+BYTE_KINDS = ('memory-space copies', 'matrix products', 'layout copies', 'collectives', 'other')
+
+
+def _shape_bytes(text: str) -> int:
+  return sum(_DTYPE_BYTES[t] * math.prod(int(d) for d in dims.split(',') if d)
+             for t, dims in _SHAPE.findall(text) if t in _DTYPE_BYTES)
+
+
+def bytes_by_kind(hlo_text: str) -> dict[str, float]:
+  """Shares of the bytes the executed instructions of compiled HLO read and write (operands +
+  results, as XLA's cost analysis counts them), by kind: memory-space copies (`copy-start` /
+  `copy-done`, the compiler moving arrays between HBM and on-chip VMEM), fusions holding a matrix
+  product, layout copies (`copy`, `reshape`, `transpose`), collectives, and the rest (elementwise
+  and reductions)."""
+  computations: dict[str, list[str]] = {}
+  lines: list[str] = []
+  for line in hlo_text.splitlines():
+    if line and not line[0].isspace():
+      lines = computations.setdefault(line.split()[1] if line.startswith('ENTRY')
+                                      else line.split()[0], [])
+    else:
+      lines.append(line)
+  fused = {'%' + c for body in computations.values() for line in body
+           for c in re.findall(r'calls=%([\w.\-]+)', line)}
+  shapes: dict[str, str] = {}
+  found = dict.fromkeys(BYTE_KINDS, 0.0)
+  for name, body in computations.items():
+    if name in fused:  # inside a fusion: on-chip, not accesses
+      continue
+    for line in body:
+      m = _INSTRUCTION.match(line)
+      if not m:
+        continue
+      result, shape, op, rest = m.groups()
+      shapes[result] = shape
+      if op in _NOT_ACCESSES:
+        continue
+      operands = re.findall(r'%([\w.\-]+)', rest.split(')')[0])
+      size = _shape_bytes(shape) + sum(_shape_bytes(shapes.get(a, '')) for a in operands)
+      calls = re.search(r'calls=%([\w.\-]+)', line)
+      body_text = '\n'.join(computations.get('%' + calls.group(1), [])) if calls else ''
+      if op in ('copy-start', 'copy-done'):
+        kind = 'memory-space copies'
+      elif op in ('convolution', 'dot') or re.search(r' (convolution|dot)\(', body_text):
+        kind = 'matrix products'
+      elif op in ('copy', 'reshape', 'transpose'):
+        kind = 'layout copies'
+      elif any(c in op for c in COLLECTIVES) or any(c + '(' in body_text for c in COLLECTIVES):
+        kind = 'collectives'
+      else:
+        kind = 'other'
+      found[kind] += size
+  total = sum(found.values()) or 1.0
+  return {k: v / total for k, v in found.items()}
+
+
 def per_device_bytes(shapes: Any, shardings: Any) -> int:
   """Bytes one device holds of arrays with these shapes under these shardings."""
   total = 0
@@ -171,6 +231,7 @@ class Estimate:
   est_step_s: float          # XLA's cost model: `optimal_seconds`
   collectives: dict[str, tuple[int, int]]
   hotspots: list[tuple[str, float, int]]
+  byte_kinds: dict[str, float]
   compile_s: float
 
   @property
@@ -191,6 +252,11 @@ class Estimate:
   def has_step_estimate(self) -> bool:
     """False where XLA's cost analysis is unusable (seen on v4 and v6e: a negative time)."""
     return self.est_step_s > 0 and self.xla_flops >= 0.9 * self.model_flops
+
+  @property
+  def compute_s(self) -> float:
+    """The counted FLOPs at the chip's peak: the part of the estimate no byte saving removes."""
+    return self.xla_flops / (CHIPS[self.chip].peak_tflops * 1e12)
 
   @property
   def est_images_per_s(self) -> float:
@@ -251,13 +317,15 @@ def compile_pretrain_step(config: Any, topology: str) -> tuple[Any, Estimate]:
       model_flops=mae_train_flops(config.model) * images / mesh.size,
       bytes_accessed=float(cost.get('bytes accessed', 0.0)),
       est_step_s=float(cost.get('optimal_seconds', float('nan'))),
-      collectives=collectives(hlo), hotspots=hotspots(hlo), compile_s=compile_s)
+      collectives=collectives(hlo), hotspots=hotspots(hlo),
+      byte_kinds=bytes_by_kind(hlo), compile_s=compile_s)
 
 
 def format_estimate(e: Estimate, config: Any) -> str:
   """The report a researcher reads before spending a pod's budget."""
   g = lambda b: f'{b / GIB:.2f} GiB'
   m = config.model
+  memory_s = e.est_step_s - e.compute_s  # what XLA adds for the bytes moved
   lines = [
       f'{e.topology}: {math.prod(e.mesh.values())} chips, mesh {e.mesh}; MAE embed {m.embed_dim} '
       f'depth {m.depth}, {m.dtype} compute, remat {m.get("remat", "none")!r}, attention '
@@ -278,7 +346,10 @@ def format_estimate(e: Estimate, config: Any) -> str:
       'XLA\'s cost-model ESTIMATE (not a measurement):',
       (f'  est. step {e.est_step_s * 1e3:.1f} ms; est. {e.est_images_per_s:,.0f} images/s for the '
        f'slice; est. MFU {100 * e.est_mfu:.1f}% of {CHIPS[e.chip].peak_tflops:.0f} TFLOP/s bf16 '
-       f'peak per chip') if e.has_step_estimate else
+       f'peak per chip\n'
+       f'  = the counted FLOPs at that peak, {e.compute_s * 1e3:.1f} ms, + {memory_s * 1e3:.1f} '
+       f'ms: the bytes accessed at {e.bytes_accessed / max(memory_s, 1e-12) / 1e12:.2f} TB/s')
+      if e.has_step_estimate else
       (f'  none usable: XLA\'s cost analysis gave optimal_seconds = {e.est_step_s:.3g}, '
        f'{e.xla_flops / 1e12:.2f} TFLOPs counted (the model: {e.model_flops / 1e12:.2f})'),
       'Collectives in the compiled HLO (count, bytes of results per device):',
@@ -286,6 +357,8 @@ def format_estimate(e: Estimate, config: Any) -> str:
   lines += [f'  {k:<18} {c:5d}  {b / GIB:8.3f} GiB' for k, (c, b) in e.collectives.items()]
   lines.append('Where XLA\'s estimated cycles go (share, instructions, JAX operation):')
   lines += [f'  {100 * share:5.1f}%  {n:4d}  {name}' for name, share, n in e.hotspots]
+  lines.append('What the bytes accessed are: ' + ', '.join(
+      f'{kind} {100 * share:.0f}%' for kind, share in e.byte_kinds.items()))
   return '\n'.join(lines)
 
 

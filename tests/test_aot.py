@@ -72,6 +72,10 @@ def test_estimates_are_consistent(estimates):
     # XLA counts the matmuls the model FLOPs count, plus norms, softmax and the optimizer.
     assert e.xla_flops > 0.9 * e.model_flops
     assert e.model_flops == pytest.approx(aot.mae_train_flops(tiny_config(8, 1).model) * BATCH / 8)
+    # The estimate is at least the counted FLOPs at peak; the rest is for the bytes moved.
+    assert 0 < e.compute_s < e.est_step_s
+    assert sum(e.byte_kinds.values()) == pytest.approx(1) and e.byte_kinds['matrix products'] > 0
+    assert 'bytes accessed at' in aot.format_estimate(e, tiny_config(8, 1))
 
 
 def test_remat_recomputes_in_the_tpu_program(estimates):
@@ -122,3 +126,33 @@ def test_chip_table_and_unknown_chip():
   # One device per chip: a v4 chip's two TensorCores run as one (megacore), as on v5p.
   assert len(aot.topology_devices('v4:2x2x4')) == 16
   assert len(aot.topology_devices('v5p:2x2x2')) == 8
+
+
+def test_bytes_by_kind_reads_tpu_hlo():
+  """Operands + results of each executed instruction, a fusion's insides not counted."""
+  hlo = '\n'.join([
+      '%fused_computation.1 (p0: bf16[8,16], p1: bf16[16,4]) -> bf16[8,4] {',
+      '  %p0 = bf16[8,16]{1,0} parameter(0)',
+      '  %p1 = bf16[16,4]{1,0} parameter(1)',
+      '  ROOT %convolution.1 = bf16[8,4]{1,0} convolution(%p0, %p1), dim_labels=bf_io->bf',
+      '}',
+      'ENTRY %main.1 (a: bf16[8,16], w: bf16[16,4]) -> f32[8,4] {',
+      '  %a = bf16[8,16]{1,0} parameter(0)',
+      '  %w = bf16[16,4]{1,0} parameter(1)',
+      '  %fusion.1 = bf16[8,4]{1,0} fusion(%a, %w), kind=kOutput, calls=%fused_computation.1',
+      '  %copy-start = (bf16[8,4]{1,0:S(1)}, bf16[8,4]{1,0}, u32[]) copy-start(%fusion.1)',
+      '  %copy-done = bf16[8,4]{1,0:S(1)} copy-done(%copy-start)',
+      '  %copy.1 = bf16[8,4]{0,1} copy(%copy-done)',
+      '  ROOT %convert.1 = f32[8,4]{1,0} convert(%copy.1)',
+      '}'])
+  product = 2 * (8 * 16 + 16 * 4 + 8 * 4)
+  copies = 2 * (3 * 32) + 4 + 2 * (3 * 32) + 4  # start: operand + (2 arrays, u32) result; done
+  layout = 2 * 2 * 32
+  other = 2 * 32 + 4 * 32
+  total = product + copies + layout + other
+  shares = aot.bytes_by_kind(hlo)
+  assert shares['matrix products'] == pytest.approx(product / total)
+  assert shares['memory-space copies'] == pytest.approx(copies / total)
+  assert shares['layout copies'] == pytest.approx(layout / total)
+  assert shares['other'] == pytest.approx(other / total)
+  assert shares['collectives'] == 0
