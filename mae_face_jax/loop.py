@@ -182,6 +182,10 @@ def make_train_step(loss_fn: LossFn, *, graphdef: nnx.GraphDef, tx: optax.Gradie
     return grads, loss_sum, weight, metrics
 
   def train_step(state, fixed, batch):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # per-device kernels split over it
+      return _train_step(state, fixed, batch)
+
+  def _train_step(state, fixed, batch):
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
     if accum == 1:
       grads, loss_sum, weight, metrics = micro_grads(state['params'], fixed, batch, step_key, 0)

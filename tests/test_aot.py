@@ -85,6 +85,20 @@ def test_remat_recomputes_in_the_tpu_program(estimates):
   assert remat.model_flops == plain.model_flops
 
 
+def test_pallas_attention_compiles_for_the_tpu_per_device(estimates):
+  """attention_impl='pallas' (TPUs' 'auto'): the Mosaic kernel compiles inside the sharded step,
+  forward and backward in every block, each device on its own images: the same collectives as
+  XLA's attention (no activations gathered), and fewer bytes accessed."""
+  config = tiny_config(2, 4)
+  config.model.attention_impl = 'pallas'
+  compiled, e = aot.compile_pretrain_step(config, TOPOLOGY)
+  hlo = compiled.as_text()
+  blocks = config.model.depth + config.model.decoder_depth
+  assert hlo.count('custom_call_target="tpu_custom_call"') == 2 * blocks
+  assert e.collectives == estimates['fsdp'].collectives
+  assert e.bytes_accessed < estimates['fsdp'].bytes_accessed
+
+
 def test_a_step_that_does_not_fit_says_so(capsys):
   config = tiny_config(16, 1)
   config.batch_size = 2**22  # 0.75 GiB of images and tens of GiB of activations a v5e chip

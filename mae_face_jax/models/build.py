@@ -35,11 +35,11 @@ def _kwargs(cls: type, model_cfg: Any, overrides: dict[str, Any]) -> dict[str, A
 
 
 def resolve_attention_impl(impl: str | None, backend: str | None = None) -> str | None:
-  """'auto' = cuDNN's fused kernel on NVIDIA GPUs, einsums with bf16-sized scores on TPUs (XLA's
-  cost model puts them ahead of XLA's attention there), XLA's attention on CPUs; other values as
-  given. `backend` defaults to JAX's (the ahead-of-time compiler names its target instead)."""
+  """'auto' = cuDNN's fused kernel on NVIDIA GPUs, the Pallas kernel on TPUs (`qkv_attention`:
+  XLA's cost model puts it ahead of einsums and XLA's attention there), XLA's attention on CPUs;
+  other values as given. `backend` defaults to JAX's (the ahead-of-time compiler names its target instead)."""
   if impl == 'auto':
-    return {'gpu': 'cudnn', 'tpu': 'einsum'}.get(backend or jax.default_backend())
+    return {'gpu': 'cudnn', 'tpu': 'pallas'}.get(backend or jax.default_backend())
   return impl
 
 

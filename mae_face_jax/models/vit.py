@@ -1,10 +1,10 @@
 """ViT encoder in Flax NNX, named like timm's `VisionTransformer` so checkpoints convert mechanically.
 
 Pre-norm blocks, fused qkv with bias, exact GELU, LayerNorm eps 1e-6, drop path, attention through
-`jax.nn.dot_product_attention`. Matrices carry Flax's standard sharding metadata, logical axis
-names in `out_sharding` (e.g. qkv kernel ('embed', 'heads')), which the config's rules map to mesh
-axes (`mae_face_jax.sharding`); biases, norm scales and tokens carry none and stay replicated.
-Variables are not sharded when created (`eager_sharding=False`): models build anywhere, with or
+`jax.nn.dot_product_attention`, einsums or a Pallas TPU kernel (`attention_impl`). Matrices carry
+Flax's standard sharding metadata, logical axis names in `out_sharding` (e.g. qkv kernel ('embed',
+'heads')), which the config's rules map to mesh axes (`mae_face_jax.sharding`); biases, norm
+scales and tokens carry none and stay replicated. Variables are not sharded when created (`eager_sharding=False`): models build anywhere, with or
 without a mesh, and the programs place them with explicit shardings.
 """
 
@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from mae_face_jax import pos_embed as pe
+from mae_face_jax.models.pallas_attention import qkv_attention
 
 # (embed_dim, depth, num_heads, patch_size) as in ViT/MAE; 'tiny' is ViT-Ti for tests and the demo.
 VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
@@ -122,6 +123,8 @@ class Attention(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, n, d = x.shape
+    if self.attention_impl == 'pallas':
+      return self.proj(qkv_attention(self.qkv(x), self.num_heads))
     # timm's fused layout: output channel = (which of q/k/v, head, head_dim).
     qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
