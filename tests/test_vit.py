@@ -96,40 +96,46 @@ def test_einsum_attention_matches_xla_attention():
 
 def test_pallas_attention_matches_einsum_attention():
   """attention_impl='pallas' (TPUs' 'auto'; here in Pallas's interpreter): the kernels read the
-  fused qkv and give the einsum attention's output and gradients, whole or split over a mesh."""
+  fused qkv, attend and project, and give the einsum attention's output and gradients (of qkv
+  and of the projection's weight and bias), whole or split over a mesh."""
   import jax
   from mae_face_jax.models.pallas_attention import qkv_attention
   from mae_face_jax.models.vit import einsum_attention
 
-  def reference(qkv, heads):
-    b, n, c = qkv.shape
-    q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, heads, c // 3 // heads), 2, 0)
-    return einsum_attention(q, k, v).reshape(b, n, c // 3)
+  def reference(qkv, w, b, heads):
+    n, c = qkv.shape[1:]
+    q, k, v = jnp.moveaxis(qkv.reshape(-1, n, 3, heads, c // 3 // heads), 2, 0)
+    return einsum_attention(q, k, v).reshape(-1, n, c // 3) @ w + b
 
-  qkv = jax.random.normal(jax.random.key(0), (8, 13, 3 * 4 * 8))
-  cotangent = jax.random.normal(jax.random.key(1), (8, 13, 4 * 8))
-  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * cotangent))(qkv)
-  np.testing.assert_allclose(qkv_attention(qkv, 4), reference(qkv, 4), rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(grad(lambda x: qkv_attention(x, 4)), grad(lambda x: reference(x, 4)),
-                             rtol=1e-5, atol=1e-5)
+  keys = jax.random.split(jax.random.key(0), 4)
+  qkv = jax.random.normal(keys[0], (8, 13, 3 * 4 * 8))
+  w, b = jax.random.normal(keys[1], (32, 24)) / 6, jax.random.normal(keys[2], (24,))
+  cotangent = jax.random.normal(keys[3], (8, 13, 24))
+  grads = lambda f: jax.grad(lambda *a: jnp.sum(f(*a) * cotangent), (0, 1, 2))(qkv, w, b)
+  kernel = lambda *a: qkv_attention(*a, 4)
+  expected = reference(qkv, w, b, 4), grads(lambda *a: reference(*a, 4))
+  np.testing.assert_allclose(kernel(qkv, w, b), expected[0], rtol=1e-5, atol=1e-5)
+  for got, want in zip(grads(kernel), expected[1]):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
   mesh = jax.make_mesh((2, 4), ('data', 'fsdp'), axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
   @jax.jit
   def per_device(x):
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-      return qkv_attention(x, 4), grad(lambda y: qkv_attention(y, 4))
-  out, g = per_device(jax.device_put(qkv, jax.NamedSharding(mesh, P(('data', 'fsdp')))))
-  np.testing.assert_allclose(out, reference(qkv, 4), rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(g, grad(lambda x: reference(x, 4)), rtol=1e-5, atol=1e-5)
-  bf = qkv.astype(jnp.bfloat16)
-  np.testing.assert_allclose(np.asarray(qkv_attention(bf, 4), np.float32),
-                             np.asarray(reference(bf, 4), np.float32), atol=3e-2)
+      return kernel(x, w, b), grads(kernel)
+  out, got = per_device(jax.device_put(qkv, jax.NamedSharding(mesh, P(('data', 'fsdp')))))
+  np.testing.assert_allclose(out, expected[0], rtol=1e-5, atol=1e-5)
+  for g, want in zip(got, expected[1]):
+    np.testing.assert_allclose(g, want, rtol=1e-5, atol=2e-5)
+  bf = [a.astype(jnp.bfloat16) for a in (qkv, w, b)]
+  np.testing.assert_allclose(np.asarray(kernel(*bf), np.float32),
+                             np.asarray(reference(*bf, 4), np.float32), atol=5e-2)
   with pytest.raises(ValueError, match='qkv width 96 is not 3 × 5 heads'):
-    qkv_attention(qkv, 5)
+    qkv_attention(qkv, w, b, 5)
   x = jnp.asarray(images(2, 32))
   plain = VisionTransformer(**TINY_VIT, rngs=nnx.Rngs(0))
-  kernel = VisionTransformer(**TINY_VIT, attention_impl='pallas', rngs=nnx.Rngs(0))
-  np.testing.assert_allclose(kernel(x), plain(x), rtol=1e-4, atol=1e-5)
+  fused = VisionTransformer(**TINY_VIT, attention_impl='pallas', rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(fused(x), plain(x), rtol=1e-4, atol=1e-5)
 
 
 def test_batched_token_matmul_matches_flat():

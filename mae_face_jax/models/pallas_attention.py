@@ -1,16 +1,19 @@
-"""Softmax attention read straight from a fused qkv projection, one Pallas TPU kernel per pass.
+"""Softmax attention and its output projection, read straight from the fused qkv projection: one
+Pallas TPU kernel per pass.
 
-`qkv_attention(qkv, num_heads)`: (B, N, 3·H·Dh) in timm's fused layout → (B, N, H·Dh), the
-attention's output before `proj`. One grid step holds one image's whole sequence in VMEM (MAE's
+`qkv_attention(qkv, w, b, num_heads)`: (B, N, 3·H·Dh) in timm's fused layout → attention →
+@ w + b (timm's `proj`) → (B, N, D). One grid step holds one image's whole sequence in VMEM (MAE's
 50 encoder and 197 decoder tokens: a 197×197 float32 score matrix per head is 155 KiB), so the
-scores never reach HBM and the arrays keep their lane-dense (B, N, channels) layout. Why: with
-head sizes 32 and 64 and token counts not multiples of 8, the (B, H, N, Dh) arrays and
-(B, H, N, N) scores of an XLA attention are tiled with padding on a TPU (32 lanes stored as 128),
-and their traffic is most of an attention's bytes: XLA's cost model puts MAE's ViT-L decoder
-attention (64 images, forward + backward) at 873 µs as einsums, 216 µs here (README).
+scores and the heads' output never reach HBM and the arrays keep their lane-dense (B, N,
+channels) layout. Why: with head sizes 32 and 64 and token counts not multiples of 8, the (B, H,
+N, Dh) arrays and (B, H, N, N) scores of an XLA attention are tiled with padding on a TPU (32
+lanes stored as 128), and their traffic was most of the attention's bytes (README, "Pod slices
+checked ahead of time").
 
-The backward pass recomputes the scores from q and k instead of saving them (flash attention's
-trade). On other backends the same kernels run in Pallas's interpreter: for tests, not speed.
+The backward pass recomputes the scores (flash attention's trade) and the heads' output (for the
+projection's weight gradient) instead of saving them; each TensorCore sums the weight gradient
+of its images in VMEM. On other backends the same kernels run in Pallas's interpreter: for
+tests, not speed.
 """
 
 from __future__ import annotations
@@ -39,48 +42,99 @@ def _probs(q: jax.Array, k: jax.Array, scale: float) -> jax.Array:
   return p / jnp.sum(p, axis=-1, keepdims=True)
 
 
-def _forward_kernel(qkv_ref, o_ref, *, heads: int, d: int):
-  out = []
-  for q, k, v in zip(*(_heads(qkv_ref, i, heads, d) for i in range(3))):
-    p = _probs(q, k, d ** -0.5)
-    out.append(jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32))
-  o_ref[0] = jnp.concatenate(out, axis=-1).astype(o_ref.dtype)
+def _attend(qkv_ref, heads: int, d: int) -> tuple[list, list, list, list]:
+  """Per head: q, k, v and the softmax probabilities."""
+  q, k, v = (_heads(qkv_ref, i, heads, d) for i in range(3))
+  return q, k, v, [_probs(qh, kh, d ** -0.5) for qh, kh in zip(q, k)]
 
 
-def _backward_kernel(qkv_ref, do_ref, dqkv_ref, *, heads: int, d: int):
-  dq, dk, dv = [], [], []
-  for q, k, v, do in zip(*(_heads(qkv_ref, i, heads, d) for i in range(3)),
-                         _heads(do_ref, 0, heads, d)):
-    p = _probs(q, k, d ** -0.5)
-    dv.append(lax.dot_general(p.astype(do.dtype), do, _TN, preferred_element_type=jnp.float32))
-    dp = lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32)
-    # softmax's backward; Σ_j p·dp = the row's dO·O, without reading O
-    ds = (p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True))).astype(q.dtype)
-    dq.append(jnp.dot(ds, k, preferred_element_type=jnp.float32) * d ** -0.5)
-    dk.append(lax.dot_general(ds, q, _TN, preferred_element_type=jnp.float32) * d ** -0.5)
+def _forward_kernel(qkv_ref, w_ref, b_ref, y_ref, *, heads: int, d: int):
+  _, _, v, p = _attend(qkv_ref, heads, d)
+  o = jnp.concatenate([jnp.dot(ph.astype(vh.dtype), vh, preferred_element_type=jnp.float32)
+                       for ph, vh in zip(p, v)], axis=-1)
+  y = jnp.dot(o.astype(w_ref.dtype), w_ref[...], preferred_element_type=jnp.float32)
+  y_ref[0] = (y + b_ref[...].astype(jnp.float32)).astype(y_ref.dtype)
+
+
+def _backward_kernel(qkv_ref, dy_ref, w_ref, dqkv_ref, dw_ref, db_ref, *, heads: int, d: int):
+  @pl.when(pl.program_id(1) == 0)
+  def _():  # this core's first image: its weight-gradient sums start at zero
+    dw_ref[...] = jnp.zeros_like(dw_ref)
+    db_ref[...] = jnp.zeros_like(db_ref)
+
+  dy = dy_ref[0]
+  do = lax.dot_general(dy, w_ref[...], _NT, preferred_element_type=jnp.float32).astype(dy.dtype)
+  q, k, v, p = _attend(qkv_ref, heads, d)
+  o, dq, dk, dv = [], [], [], []
+  for h in range(heads):
+    doh = do[:, h * d:(h + 1) * d]
+    ph = p[h].astype(doh.dtype)
+    o.append(jnp.dot(ph, v[h], preferred_element_type=jnp.float32))  # recomputed, for ∂w
+    dv.append(lax.dot_general(ph, doh, _TN, preferred_element_type=jnp.float32))
+    dp = lax.dot_general(doh, v[h], _NT, preferred_element_type=jnp.float32)
+    # softmax's backward; Σ_j p·dp = the row's dO·O
+    ds = (p[h] * (dp - jnp.sum(p[h] * dp, axis=-1, keepdims=True))).astype(q[h].dtype)
+    dq.append(jnp.dot(ds, k[h], preferred_element_type=jnp.float32) * d ** -0.5)
+    dk.append(lax.dot_general(ds, q[h], _TN, preferred_element_type=jnp.float32) * d ** -0.5)
   dqkv_ref[0] = jnp.concatenate(dq + dk + dv, axis=-1).astype(dqkv_ref.dtype)
+  o = jnp.concatenate(o, axis=-1).astype(dy.dtype)
+  dw_ref[0] += lax.dot_general(o, dy, _TN, preferred_element_type=jnp.float32)
+  db_ref[0] += jnp.sum(dy.astype(jnp.float32), axis=0, keepdims=True)
 
 
-def _image_by_image(kernel, inputs: tuple[jax.Array, ...], out_channels: int, heads: int,
-                    matmuls: int, interpret: bool) -> jax.Array:
-  """`kernel` over a grid of images; the cost estimate XLA's cost model uses for the call:
-  `matmuls` (N×N×Dh) products per head, one exp per score, every array read or written once."""
-  b, n, c = inputs[0].shape
-  d = c // 3 // heads
-  block = lambda channels: pl.BlockSpec((1, n, channels), lambda i: (i, 0, 0))
-  itemsize = inputs[0].dtype.itemsize
+# Grid steps run as `_CORES` independent sequences of images, each summing its own weight
+# gradient: 'parallel' lets a chip with two TensorCores (v4, v5p) give each one a sequence.
+_CORES = 2
+
+
+def _forward(qkv, w, b, heads: int, interpret: bool) -> jax.Array:
+  bsz, n, c = qkv.shape
+  d, width = c // 3 // heads, w.shape[1]
+  itemsize = qkv.dtype.itemsize
   return pl.pallas_call(
-      functools.partial(kernel, heads=heads, d=d),
-      out_shape=jax.ShapeDtypeStruct((b, n, out_channels), inputs[0].dtype),
-      grid=(b,), in_specs=[block(x.shape[-1]) for x in inputs], out_specs=block(out_channels),
+      functools.partial(_forward_kernel, heads=heads, d=d),
+      out_shape=jax.ShapeDtypeStruct((bsz, n, width), qkv.dtype), grid=(bsz,),
+      in_specs=[pl.BlockSpec((1, n, c), lambda i: (i, 0, 0)),
+                pl.BlockSpec(w.shape, lambda i: (0, 0)),
+                pl.BlockSpec((1, width), lambda i: (0, 0))],
+      out_specs=pl.BlockSpec((1, n, width), lambda i: (i, 0, 0)),
       compiler_params=pltpu.CompilerParams(dimension_semantics=('parallel',)),
       cost_estimate=pl.CostEstimate(
-          flops=2 * matmuls * b * heads * n * n * d, transcendentals=b * heads * n * n,
-          bytes_accessed=b * n * (sum(x.shape[-1] for x in inputs) + out_channels) * itemsize),
-      interpret=interpret)(*inputs)
+          flops=4 * bsz * heads * n * n * d + 2 * bsz * n * w.shape[0] * width,
+          transcendentals=bsz * heads * n * n,
+          bytes_accessed=bsz * n * (c + width) * itemsize + (w.size + width) * w.dtype.itemsize),
+      interpret=interpret)(qkv, w, b.reshape(1, width))
 
 
-def _on_any_platform(kernel, *args) -> jax.Array:
+def _backward(qkv, dy, w, heads: int, interpret: bool):
+  bsz, n, c = qkv.shape
+  d, width = c // 3 // heads, w.shape[1]
+  cores = _CORES if bsz % _CORES == 0 else 1
+  per_core = bsz // cores
+  image = lambda i, j: (i * per_core + j, 0, 0)
+  itemsize = qkv.dtype.itemsize
+  dqkv, dw, db = pl.pallas_call(
+      functools.partial(_backward_kernel, heads=heads, d=d),
+      out_shape=(jax.ShapeDtypeStruct(qkv.shape, qkv.dtype),
+                 jax.ShapeDtypeStruct((cores,) + w.shape, jnp.float32),
+                 jax.ShapeDtypeStruct((cores, 1, width), jnp.float32)),
+      grid=(cores, per_core),
+      in_specs=[pl.BlockSpec((1, n, c), image), pl.BlockSpec((1, n, width), image),
+                pl.BlockSpec(w.shape, lambda i, j: (0, 0))],
+      out_specs=(pl.BlockSpec((1, n, c), image),
+                 pl.BlockSpec((1,) + w.shape, lambda i, j: (i, 0, 0)),
+                 pl.BlockSpec((1, 1, width), lambda i, j: (i, 0, 0))),
+      compiler_params=pltpu.CompilerParams(dimension_semantics=('parallel', 'arbitrary')),
+      cost_estimate=pl.CostEstimate(
+          flops=12 * bsz * heads * n * n * d + 4 * bsz * n * w.shape[0] * width,
+          transcendentals=bsz * heads * n * n,
+          bytes_accessed=bsz * n * (2 * c + width) * itemsize + w.size * w.dtype.itemsize
+          + cores * (w.size + width) * 4),
+      interpret=interpret)(qkv, dy, w)
+  return dqkv, dw.sum(0).astype(w.dtype), db.sum((0, 1)).astype(w.dtype)
+
+
+def _on_any_platform(kernel, *args):
   """The Mosaic kernel where the program is compiled for a TPU (also ahead of time from a CPU
   host), Pallas's interpreter elsewhere."""
   return lax.platform_dependent(
@@ -88,39 +142,33 @@ def _on_any_platform(kernel, *args) -> jax.Array:
       default=functools.partial(kernel, interpret=True))
 
 
-def _forward(qkv: jax.Array, heads: int, interpret: bool) -> jax.Array:
-  return _image_by_image(_forward_kernel, (qkv,), qkv.shape[-1] // 3, heads, 2, interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _attention(qkv: jax.Array, w: jax.Array, b: jax.Array, heads: int) -> jax.Array:
+  return _on_any_platform(functools.partial(_forward, heads=heads), qkv, w, b)
 
 
-def _backward(qkv: jax.Array, do: jax.Array, heads: int, interpret: bool) -> jax.Array:
-  return _image_by_image(_backward_kernel, (qkv, do), qkv.shape[-1], heads, 5, interpret)
+def _attention_fwd(qkv, w, b, heads):
+  return _attention(qkv, w, b, heads), (qkv, w)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _attention(qkv: jax.Array, heads: int) -> jax.Array:
-  return _on_any_platform(functools.partial(_forward, heads=heads), qkv)
-
-
-def _attention_fwd(qkv, heads):
-  return _attention(qkv, heads), qkv
-
-
-def _attention_bwd(heads, qkv, do):
-  return (_on_any_platform(functools.partial(_backward, heads=heads), qkv, do),)
+def _attention_bwd(heads, residuals, dy):
+  qkv, w = residuals
+  return _on_any_platform(functools.partial(_backward, heads=heads), qkv, dy, w)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def qkv_attention(qkv: jax.Array, num_heads: int) -> jax.Array:
-  """(B, N, 3·H·Dh) → (B, N, H·Dh). Under a mesh (`jax.set_mesh`, as the training step sets it)
-  each device runs the kernel on its own images: the batch is split over every mesh axis, as
-  the programs split it."""
-  if qkv.shape[-1] % (3 * num_heads):
-    raise ValueError(f'qkv width {qkv.shape[-1]} is not 3 × {num_heads} heads × a head size')
+def qkv_attention(qkv: jax.Array, w: jax.Array, b: jax.Array, num_heads: int) -> jax.Array:
+  """(B, N, 3·H·Dh) → attention → @ w (H·Dh, D) + b: (B, N, D). Under a mesh (the training step
+  sets it) each device runs the kernels on its own images (the batch is split over every mesh
+  axis, as the programs split it), with `w` and `b` whole."""
+  if qkv.shape[-1] % (3 * num_heads) or w.shape[0] * 3 != qkv.shape[-1]:
+    raise ValueError(f'qkv width {qkv.shape[-1]} is not 3 × {num_heads} heads × a head size '
+                     f'with an output projection of {w.shape[0]} inputs')
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
-    return _attention(qkv, num_heads)
-  spec = jax.sharding.PartitionSpec(mesh.axis_names)
-  return jax.shard_map(lambda x: _attention(x, num_heads), in_specs=spec, out_specs=spec,
-                       check_vma=False)(qkv)
+    return _attention(qkv, w, b, num_heads)
+  batch, whole = jax.sharding.PartitionSpec(mesh.axis_names), jax.sharding.PartitionSpec()
+  return jax.shard_map(lambda x, w, b: _attention(x, w, b, num_heads),
+                       in_specs=(batch, whole, whole), out_specs=batch, check_vma=False)(qkv, w, b)
