@@ -87,15 +87,19 @@ def test_remat_recomputes_in_the_tpu_program(estimates):
 
 def test_pallas_attention_compiles_for_the_tpu_per_device(estimates):
   """attention_impl='pallas' (TPUs' 'auto'): the Mosaic kernel compiles inside the sharded step,
-  forward and backward in every block, each device on its own images: the same collectives as
-  XLA's attention (no activations gathered), and fewer bytes accessed."""
+  forward and backward in every block, each device on its own images: no more collective traffic
+  than XLA's attention (no activations gathered; the projection's gradient still reduce-scattered
+  to its shards), and fewer bytes accessed."""
   config = tiny_config(2, 4)
   config.model.attention_impl = 'pallas'
   compiled, e = aot.compile_pretrain_step(config, TOPOLOGY)
   hlo = compiled.as_text()
   blocks = config.model.depth + config.model.decoder_depth
   assert hlo.count('custom_call_target="tpu_custom_call"') == 2 * blocks
-  assert e.collectives == estimates['fsdp'].collectives
+  xla = estimates['fsdp'].collectives
+  for kind, (count, size) in e.collectives.items():
+    assert size <= xla[kind][1], kind
+  assert e.collectives['reduce-scatter'] == xla['reduce-scatter']
   assert e.bytes_accessed < estimates['fsdp'].bytes_accessed
 
 
