@@ -96,25 +96,26 @@ def test_einsum_attention_matches_xla_attention():
 
 def test_pallas_attention_matches_einsum_attention():
   """attention_impl='pallas' (TPUs' 'auto'; here in Pallas's interpreter): the kernels read the
-  fused qkv, attend and project, and give the einsum attention's output and gradients (of qkv
-  and of the projection's weight and bias), whole or split over a mesh."""
+  fused qkv, add its bias, attend and project, and give the einsum attention's output and
+  gradients (of qkv, its bias, and the projection's weight and bias), whole or split over a mesh."""
   import jax
   from mae_face_jax.models.pallas_attention import qkv_attention
   from mae_face_jax.models.vit import einsum_attention
 
-  def reference(qkv, w, b, heads):
+  def reference(qkv, qkv_bias, w, b, heads):
     n, c = qkv.shape[1:]
-    q, k, v = jnp.moveaxis(qkv.reshape(-1, n, 3, heads, c // 3 // heads), 2, 0)
+    q, k, v = jnp.moveaxis((qkv + qkv_bias).reshape(-1, n, 3, heads, c // 3 // heads), 2, 0)
     return einsum_attention(q, k, v).reshape(-1, n, c // 3) @ w + b
 
-  keys = jax.random.split(jax.random.key(0), 4)
-  qkv = jax.random.normal(keys[0], (8, 13, 3 * 4 * 8))
+  keys = jax.random.split(jax.random.key(0), 5)
+  qkv, qkv_bias = jax.random.normal(keys[0], (8, 13, 3 * 4 * 8)), jax.random.normal(keys[4], (96,))
   w, b = jax.random.normal(keys[1], (32, 24)) / 6, jax.random.normal(keys[2], (24,))
   cotangent = jax.random.normal(keys[3], (8, 13, 24))
-  grads = lambda f: jax.grad(lambda *a: jnp.sum(f(*a) * cotangent), (0, 1, 2))(qkv, w, b)
+  grads = lambda f: jax.grad(lambda *a: jnp.sum(f(*a) * cotangent), (0, 1, 2, 3))(qkv, qkv_bias,
+                                                                                    w, b)
   kernel = lambda *a: qkv_attention(*a, 4)
-  expected = reference(qkv, w, b, 4), grads(lambda *a: reference(*a, 4))
-  np.testing.assert_allclose(kernel(qkv, w, b), expected[0], rtol=1e-5, atol=1e-5)
+  expected = reference(qkv, qkv_bias, w, b, 4), grads(lambda *a: reference(*a, 4))
+  np.testing.assert_allclose(kernel(qkv, qkv_bias, w, b), expected[0], rtol=1e-5, atol=1e-5)
   for got, want in zip(grads(kernel), expected[1]):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
   mesh = jax.make_mesh((2, 4), ('data', 'fsdp'), axis_types=(jax.sharding.AxisType.Auto,) * 2)
@@ -122,16 +123,16 @@ def test_pallas_attention_matches_einsum_attention():
   @jax.jit
   def per_device(x):
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-      return kernel(x, w, b), grads(kernel)
+      return kernel(x, qkv_bias, w, b), grads(kernel)
   out, got = per_device(jax.device_put(qkv, jax.NamedSharding(mesh, P(('data', 'fsdp')))))
   np.testing.assert_allclose(out, expected[0], rtol=1e-5, atol=1e-5)
   for g, want in zip(got, expected[1]):
     np.testing.assert_allclose(g, want, rtol=1e-5, atol=2e-5)
-  bf = [a.astype(jnp.bfloat16) for a in (qkv, w, b)]
+  bf = [a.astype(jnp.bfloat16) for a in (qkv, qkv_bias, w, b)]
   np.testing.assert_allclose(np.asarray(kernel(*bf), np.float32),
                              np.asarray(reference(*bf, 4), np.float32), atol=5e-2)
   with pytest.raises(ValueError, match='qkv width 96 is not 3 × 5 heads'):
-    qkv_attention(qkv, w, b, 5)
+    qkv_attention(qkv, qkv_bias, w, b, 5)
   x = jnp.asarray(images(2, 32))
   plain = VisionTransformer(**TINY_VIT, rngs=nnx.Rngs(0))
   fused = VisionTransformer(**TINY_VIT, attention_impl='pallas', rngs=nnx.Rngs(0))

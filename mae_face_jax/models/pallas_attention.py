@@ -30,10 +30,12 @@ _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 _TN = (((0,), (0,)), ((), ()))  # a.T @ b
 
 
-def _heads(ref, part: int, heads: int, d: int) -> list[jax.Array]:
-  """The (N, Dh) slices of one image's q (part 0), k (1) or v (2), head by head."""
+def _heads(ref, bias_ref, part: int, heads: int, d: int) -> list[jax.Array]:
+  """The (N, Dh) slices of one image's q (part 0), k (1) or v (2) with their bias, head by
+  head."""
   base = part * heads * d
-  return [ref[0, :, base + h * d:base + (h + 1) * d] for h in range(heads)]
+  return [ref[0, :, base + h * d:base + (h + 1) * d]
+          + bias_ref[:, base + h * d:base + (h + 1) * d] for h in range(heads)]
 
 
 def _probs(q: jax.Array, k: jax.Array, scale: float) -> jax.Array:
@@ -42,29 +44,30 @@ def _probs(q: jax.Array, k: jax.Array, scale: float) -> jax.Array:
   return p / jnp.sum(p, axis=-1, keepdims=True)
 
 
-def _attend(qkv_ref, heads: int, d: int) -> tuple[list, list, list, list]:
+def _attend(qkv_ref, qkv_bias_ref, heads: int, d: int) -> tuple[list, list, list, list]:
   """Per head: q, k, v and the softmax probabilities."""
-  q, k, v = (_heads(qkv_ref, i, heads, d) for i in range(3))
+  q, k, v = (_heads(qkv_ref, qkv_bias_ref, i, heads, d) for i in range(3))
   return q, k, v, [_probs(qh, kh, d ** -0.5) for qh, kh in zip(q, k)]
 
 
-def _forward_kernel(qkv_ref, w_ref, b_ref, y_ref, *, heads: int, d: int):
-  _, _, v, p = _attend(qkv_ref, heads, d)
+def _forward_kernel(qkv_ref, qkv_bias_ref, w_ref, b_ref, y_ref, *, heads: int, d: int):
+  _, _, v, p = _attend(qkv_ref, qkv_bias_ref, heads, d)
   o = jnp.concatenate([jnp.dot(ph.astype(vh.dtype), vh, preferred_element_type=jnp.float32)
                        for ph, vh in zip(p, v)], axis=-1)
   y = jnp.dot(o.astype(w_ref.dtype), w_ref[...], preferred_element_type=jnp.float32)
   y_ref[0] = (y + b_ref[...].astype(jnp.float32)).astype(y_ref.dtype)
 
 
-def _backward_kernel(qkv_ref, dy_ref, w_ref, dqkv_ref, dw_ref, db_ref, *, heads: int, d: int):
+def _backward_kernel(qkv_ref, qkv_bias_ref, dy_ref, w_ref, dqkv_ref, dqkv_bias_ref, dw_ref,
+                     db_ref, *, heads: int, d: int):
   @pl.when(pl.program_id(1) == 0)
-  def _():  # this core's first image: its weight-gradient sums start at zero
-    dw_ref[...] = jnp.zeros_like(dw_ref)
-    db_ref[...] = jnp.zeros_like(db_ref)
+  def _():  # this core's first image: its gradient sums start at zero
+    for ref in (dqkv_bias_ref, dw_ref, db_ref):
+      ref[...] = jnp.zeros_like(ref)
 
   dy = dy_ref[0]
   do = lax.dot_general(dy, w_ref[...], _NT, preferred_element_type=jnp.float32).astype(dy.dtype)
-  q, k, v, p = _attend(qkv_ref, heads, d)
+  q, k, v, p = _attend(qkv_ref, qkv_bias_ref, heads, d)
   o, dq, dk, dv = [], [], [], []
   for h in range(heads):
     doh = do[:, h * d:(h + 1) * d]
@@ -76,7 +79,9 @@ def _backward_kernel(qkv_ref, dy_ref, w_ref, dqkv_ref, dw_ref, db_ref, *, heads:
     ds = (p[h] * (dp - jnp.sum(p[h] * dp, axis=-1, keepdims=True))).astype(q[h].dtype)
     dq.append(jnp.dot(ds, k[h], preferred_element_type=jnp.float32) * d ** -0.5)
     dk.append(lax.dot_general(ds, q[h], _TN, preferred_element_type=jnp.float32) * d ** -0.5)
-  dqkv_ref[0] = jnp.concatenate(dq + dk + dv, axis=-1).astype(dqkv_ref.dtype)
+  dqkv = jnp.concatenate(dq + dk + dv, axis=-1)
+  dqkv_ref[0] = dqkv.astype(dqkv_ref.dtype)
+  dqkv_bias_ref[0] += jnp.sum(dqkv, axis=0, keepdims=True)
   o = jnp.concatenate(o, axis=-1).astype(dy.dtype)
   dw_ref[0] += lax.dot_general(o, dy, _TN, preferred_element_type=jnp.float32)
   db_ref[0] += jnp.sum(dy.astype(jnp.float32), axis=0, keepdims=True)
@@ -87,7 +92,7 @@ def _backward_kernel(qkv_ref, dy_ref, w_ref, dqkv_ref, dw_ref, db_ref, *, heads:
 _CORES = 2
 
 
-def _forward(qkv, w, b, heads: int, interpret: bool) -> jax.Array:
+def _forward(qkv, qkv_bias, w, b, heads: int, interpret: bool) -> jax.Array:
   bsz, n, c = qkv.shape
   d, width = c // 3 // heads, w.shape[1]
   itemsize = qkv.dtype.itemsize
@@ -95,6 +100,7 @@ def _forward(qkv, w, b, heads: int, interpret: bool) -> jax.Array:
       functools.partial(_forward_kernel, heads=heads, d=d),
       out_shape=jax.ShapeDtypeStruct((bsz, n, width), qkv.dtype), grid=(bsz,),
       in_specs=[pl.BlockSpec((1, n, c), lambda i: (i, 0, 0)),
+                pl.BlockSpec((1, c), lambda i: (0, 0)),
                 pl.BlockSpec(w.shape, lambda i: (0, 0)),
                 pl.BlockSpec((1, width), lambda i: (0, 0))],
       out_specs=pl.BlockSpec((1, n, width), lambda i: (i, 0, 0)),
@@ -102,26 +108,29 @@ def _forward(qkv, w, b, heads: int, interpret: bool) -> jax.Array:
       cost_estimate=pl.CostEstimate(
           flops=4 * bsz * heads * n * n * d + 2 * bsz * n * w.shape[0] * width,
           transcendentals=bsz * heads * n * n,
-          bytes_accessed=bsz * n * (c + width) * itemsize + (w.size + width) * w.dtype.itemsize),
-      interpret=interpret)(qkv, w, b.reshape(1, width))
+          bytes_accessed=bsz * n * (c + width) * itemsize
+          + (c + w.size + width) * w.dtype.itemsize),
+      interpret=interpret)(qkv, qkv_bias.reshape(1, c), w, b.reshape(1, width))
 
 
-def _backward(qkv, dy, w, heads: int, interpret: bool):
+def _backward(qkv, qkv_bias, dy, w, heads: int, interpret: bool):
   bsz, n, c = qkv.shape
   d, width = c // 3 // heads, w.shape[1]
   cores = _CORES if bsz % _CORES == 0 else 1
   per_core = bsz // cores
   image = lambda i, j: (i * per_core + j, 0, 0)
   itemsize = qkv.dtype.itemsize
-  dqkv, dw, db = pl.pallas_call(
+  dqkv, dqkv_bias, dw, db = pl.pallas_call(
       functools.partial(_backward_kernel, heads=heads, d=d),
       out_shape=(jax.ShapeDtypeStruct(qkv.shape, qkv.dtype),
+                 jax.ShapeDtypeStruct((cores, 1, c), jnp.float32),
                  jax.ShapeDtypeStruct((cores,) + w.shape, jnp.float32),
                  jax.ShapeDtypeStruct((cores, 1, width), jnp.float32)),
       grid=(cores, per_core),
-      in_specs=[pl.BlockSpec((1, n, c), image), pl.BlockSpec((1, n, width), image),
-                pl.BlockSpec(w.shape, lambda i, j: (0, 0))],
+      in_specs=[pl.BlockSpec((1, n, c), image), pl.BlockSpec((1, c), lambda i, j: (0, 0)),
+                pl.BlockSpec((1, n, width), image), pl.BlockSpec(w.shape, lambda i, j: (0, 0))],
       out_specs=(pl.BlockSpec((1, n, c), image),
+                 pl.BlockSpec((1, 1, c), lambda i, j: (i, 0, 0)),
                  pl.BlockSpec((1,) + w.shape, lambda i, j: (i, 0, 0)),
                  pl.BlockSpec((1, 1, width), lambda i, j: (i, 0, 0))),
       compiler_params=pltpu.CompilerParams(dimension_semantics=('parallel', 'arbitrary')),
@@ -129,9 +138,10 @@ def _backward(qkv, dy, w, heads: int, interpret: bool):
           flops=12 * bsz * heads * n * n * d + 4 * bsz * n * w.shape[0] * width,
           transcendentals=bsz * heads * n * n,
           bytes_accessed=bsz * n * (2 * c + width) * itemsize + w.size * w.dtype.itemsize
-          + cores * (w.size + width) * 4),
-      interpret=interpret)(qkv, dy, w)
-  return dqkv, dw.sum(0).astype(w.dtype), db.sum((0, 1)).astype(w.dtype)
+          + c * itemsize + cores * (c + w.size + width) * 4),
+      interpret=interpret)(qkv, qkv_bias.reshape(1, c), dy, w)
+  return (dqkv, dqkv_bias.sum((0, 1)).astype(qkv_bias.dtype), dw.sum(0).astype(w.dtype),
+          db.sum((0, 1)).astype(w.dtype))
 
 
 def _on_any_platform(kernel, *args):
@@ -142,33 +152,36 @@ def _on_any_platform(kernel, *args):
       default=functools.partial(kernel, interpret=True))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _attention(qkv: jax.Array, w: jax.Array, b: jax.Array, heads: int) -> jax.Array:
-  return _on_any_platform(functools.partial(_forward, heads=heads), qkv, w, b)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attention(qkv, qkv_bias, w, b, heads: int) -> jax.Array:
+  return _on_any_platform(functools.partial(_forward, heads=heads), qkv, qkv_bias, w, b)
 
 
-def _attention_fwd(qkv, w, b, heads):
-  return _attention(qkv, w, b, heads), (qkv, w)
+def _attention_fwd(qkv, qkv_bias, w, b, heads):
+  return _attention(qkv, qkv_bias, w, b, heads), (qkv, qkv_bias, w)
 
 
 def _attention_bwd(heads, residuals, dy):
-  qkv, w = residuals
-  return _on_any_platform(functools.partial(_backward, heads=heads), qkv, dy, w)
+  qkv, qkv_bias, w = residuals
+  return _on_any_platform(functools.partial(_backward, heads=heads), qkv, qkv_bias, dy, w)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def qkv_attention(qkv: jax.Array, w: jax.Array, b: jax.Array, num_heads: int) -> jax.Array:
-  """(B, N, 3·H·Dh) → attention → @ w (H·Dh, D) + b: (B, N, D). Under a mesh (the training step
-  sets it) each device runs the kernels on its own images (the batch is split over every mesh
-  axis, as the programs split it), with `w` and `b` whole."""
+def qkv_attention(qkv: jax.Array, qkv_bias: jax.Array, w: jax.Array, b: jax.Array,
+                  num_heads: int) -> jax.Array:
+  """(B, N, 3·H·Dh) + qkv_bias → attention → @ w (H·Dh, D) + b: (B, N, D). The qkv projection's
+  bias is added here so that its gradient is summed in the kernel too. Under a mesh (the
+  training step sets it) each device runs the kernels on its own images (the batch is split over
+  every mesh axis, as the programs split it), with the biases and `w` whole."""
   if qkv.shape[-1] % (3 * num_heads) or w.shape[0] * 3 != qkv.shape[-1]:
     raise ValueError(f'qkv width {qkv.shape[-1]} is not 3 × {num_heads} heads × a head size '
                      f'with an output projection of {w.shape[0]} inputs')
+  attend = lambda x, qb, w, b: _attention(x, qb, w, b, num_heads)
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
-    return _attention(qkv, w, b, num_heads)
+    return attend(qkv, qkv_bias, w, b)
   batch, whole = jax.sharding.PartitionSpec(mesh.axis_names), jax.sharding.PartitionSpec()
-  return jax.shard_map(lambda x, w, b: _attention(x, w, b, num_heads),
-                       in_specs=(batch, whole, whole), out_specs=batch, check_vma=False)(qkv, w, b)
+  return jax.shard_map(attend, in_specs=(batch, whole, whole, whole), out_specs=batch,
+                       check_vma=False)(qkv, qkv_bias, w, b)

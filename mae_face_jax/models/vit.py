@@ -123,10 +123,11 @@ class Attention(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, n, d = x.shape
-    if self.attention_impl == 'pallas':  # attention and `proj` in one kernel
-      w, bias = self.proj.promote_dtype((self.proj.kernel[...], self.proj.bias[...]),
-                                        dtype=self.proj.dtype)
-      return qkv_attention(self.qkv(x), w, bias, self.num_heads)
+    if self.attention_impl == 'pallas':  # qkv's bias, attention and `proj` in one kernel
+      x, qkv_w, qkv_b, w, bias = self.qkv.promote_dtype(
+          (x, self.qkv.kernel[...], self.qkv.bias[...], self.proj.kernel[...],
+           self.proj.bias[...]), dtype=self.qkv.dtype)
+      return qkv_attention(x @ qkv_w, qkv_b, w, bias, self.num_heads)
     # timm's fused layout: output channel = (which of q/k/v, head, head_dim).
     qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
