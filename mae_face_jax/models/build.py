@@ -37,7 +37,8 @@ def _kwargs(cls: type, model_cfg: Any, overrides: dict[str, Any]) -> dict[str, A
 def resolve_attention_impl(impl: str | None, backend: str | None = None) -> str | None:
   """'auto' = cuDNN's fused kernel on NVIDIA GPUs, the Pallas kernel on TPUs (`qkv_attention`:
   XLA's cost model puts it ahead of einsums and XLA's attention there), XLA's attention on CPUs;
-  other values as given. `backend` defaults to JAX's (the ahead-of-time compiler names its target instead)."""
+  other values as given. `backend` defaults to JAX's (the ahead-of-time compiler names its target
+  instead)."""
   if impl == 'auto':
     return {'gpu': 'cudnn', 'tpu': 'pallas'}.get(backend or jax.default_backend())
   return impl

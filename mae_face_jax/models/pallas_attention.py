@@ -7,8 +7,7 @@ Pallas TPU kernel per pass.
 scores and the heads' output never reach HBM and the arrays keep their lane-dense (B, N,
 channels) layout. Why: with head sizes 32 and 64 and token counts not multiples of 8, the (B, H,
 N, Dh) arrays and (B, H, N, N) scores of an XLA attention are tiled with padding on a TPU (32
-lanes stored as 128), and their traffic was most of the attention's bytes (README, "Pod slices
-checked ahead of time").
+lanes stored as 128), and their traffic was most of the attention's bytes.
 
 The backward pass recomputes the scores (flash attention's trade) and the heads' output (for the
 projection's weight gradient) instead of saving them; each TensorCore sums the weight gradient

@@ -4,8 +4,9 @@ Pre-norm blocks, fused qkv with bias, exact GELU, LayerNorm eps 1e-6, drop path,
 `jax.nn.dot_product_attention`, einsums or a Pallas TPU kernel (`attention_impl`). Matrices carry
 Flax's standard sharding metadata, logical axis names in `out_sharding` (e.g. qkv kernel ('embed',
 'heads')), which the config's rules map to mesh axes (`mae_face_jax.sharding`); biases, norm
-scales and tokens carry none and stay replicated. Variables are not sharded when created (`eager_sharding=False`): models build anywhere, with or
-without a mesh, and the programs place them with explicit shardings.
+scales and tokens carry none and stay replicated. Variables are not sharded when created
+(`eager_sharding=False`): models build anywhere, with or without a mesh, and the programs place
+them with explicit shardings.
 """
 
 from __future__ import annotations
