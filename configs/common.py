@@ -35,7 +35,9 @@ def _encoder_fields(size: str, img_size: int) -> dict:
   return dict(
       img_size=img_size, patch_size=patch_size, in_chans=3, embed_dim=embed_dim, depth=depth,
       num_heads=num_heads, mlp_ratio=4.0, drop_path_rate=0.0,
-      # None lets JAX choose; 'cudnn' is the fused kernel on NVIDIA GPUs, 'auto' picks it there.
+      # None lets JAX choose; 'cudnn': the fused kernel on NVIDIA GPUs; 'einsum': two einsums with
+      # bf16-sized scores; 'pallas': our TPU kernel (interpreted elsewhere); 'auto': cudnn on
+      # GPUs, pallas on TPUs, None on CPUs.
       attention_impl=config_dict.placeholder(str),
       remat='none',           # per block: 'none', 'dots' (keep linear outputs) or 'full'
       token_matmul='auto',    # linear layers over (B*N, D) 'flat' or (B, N, D) 'batched'; 'auto':

@@ -207,7 +207,8 @@ def per_device_bytes(shapes: Any, shardings: Any) -> int:
 
 
 class DoesNotFit(Exception):
-  """XLA could not fit the step in the chip's HBM; the message has the numbers."""
+  """XLA could not fit the step in the chip's HBM (or a kernel in its VMEM); the message has the
+  numbers."""
 
 
 @dataclasses.dataclass
@@ -295,6 +296,12 @@ def compile_pretrain_step(config: Any, topology: str) -> tuple[Any, Estimate]:
   except jax.errors.JaxRuntimeError as error:
     if 'RESOURCE_EXHAUSTED' not in str(error):
       raise
+    if 'memory space vmem' in str(error):  # a kernel's on-core scratch, not the chip's HBM
+      raise DoesNotFit(
+          f'{topology}, mesh {dict(mesh.shape)}, global batch {config.batch_size}: a kernel '
+          f'needs more VMEM than {chip} allows it (attention_impl '
+          f'{config.model.get("attention_impl")!r}; try --config.model.attention_impl=einsum). '
+          'XLA says:\n' + '\n'.join(str(error).splitlines()[:4])) from error
     hbm = CHIPS[chip].hbm_gib
     raise DoesNotFit(
         f'{topology}, mesh {dict(mesh.shape)}, global batch {config.batch_size}: DOES NOT FIT in '

@@ -1,8 +1,8 @@
 """Softmax attention and its output projection, read straight from the fused qkv projection: one
 Pallas TPU kernel per pass.
 
-`qkv_attention(qkv, w, b, num_heads)`: (B, N, 3·H·Dh) in timm's fused layout → attention →
-@ w + b (timm's `proj`) → (B, N, D). One grid step holds one image's whole sequence in VMEM (MAE's
+`qkv_attention(qkv, qkv_bias, w, b, num_heads)`: (B, N, 3·H·Dh) in timm's fused layout + bias →
+attention → @ w + b (timm's `proj`) → (B, N, D). One grid step holds one image's whole sequence in VMEM (MAE's
 50 encoder and 197 decoder tokens: a 197×197 float32 score matrix per head is 155 KiB), so the
 scores and the heads' output never reach HBM and the arrays keep their lane-dense (B, N,
 channels) layout. Why: with head sizes 32 and 64 and token counts not multiples of 8, the (B, H,
@@ -29,12 +29,10 @@ _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 _TN = (((0,), (0,)), ((), ()))  # a.T @ b
 
 
-def _heads(ref, bias_ref, part: int, heads: int, d: int) -> list[jax.Array]:
-  """The (N, Dh) slices of one image's q (part 0), k (1) or v (2) with their bias, head by
-  head."""
-  base = part * heads * d
-  return [ref[0, :, base + h * d:base + (h + 1) * d]
-          + bias_ref[:, base + h * d:base + (h + 1) * d] for h in range(heads)]
+def _head(ref, bias_ref, part: int, h: int, heads: int, d: int) -> jax.Array:
+  """One image's (N, Dh) q (part 0), k (1) or v (2) of head h, with its bias."""
+  lanes = slice((part * heads + h) * d, (part * heads + h + 1) * d)
+  return ref[0, :, lanes] + bias_ref[:, lanes]
 
 
 def _probs(q: jax.Array, k: jax.Array, scale: float) -> jax.Array:
@@ -43,47 +41,57 @@ def _probs(q: jax.Array, k: jax.Array, scale: float) -> jax.Array:
   return p / jnp.sum(p, axis=-1, keepdims=True)
 
 
-def _attend(qkv_ref, qkv_bias_ref, heads: int, d: int) -> tuple[list, list, list, list]:
-  """Per head: q, k, v and the softmax probabilities."""
-  q, k, v = (_heads(qkv_ref, qkv_bias_ref, i, heads, d) for i in range(3))
-  return q, k, v, [_probs(qh, kh, d ** -0.5) for qh, kh in zip(q, k)]
+# Each head's scores live only inside its own iteration and its output goes straight to a VMEM
+# buffer or an output block: kept all at once, the heads' (N, Dh) pieces (Dh of 32 lanes stored
+# in 128) and scores outgrew the scoped VMEM at ViT-H's 257 decoder tokens.
 
 
-def _forward_kernel(qkv_ref, qkv_bias_ref, w_ref, b_ref, y_ref, *, heads: int, d: int):
-  _, _, v, p = _attend(qkv_ref, qkv_bias_ref, heads, d)
-  o = jnp.concatenate([jnp.dot(ph.astype(vh.dtype), vh, preferred_element_type=jnp.float32)
-                       for ph, vh in zip(p, v)], axis=-1)
-  y = jnp.dot(o.astype(w_ref.dtype), w_ref[...], preferred_element_type=jnp.float32)
+def _forward_kernel(qkv_ref, qkv_bias_ref, w_ref, b_ref, y_ref, o_ref, *, heads: int, d: int):
+  for h in range(heads):
+    q, k, v = (_head(qkv_ref, qkv_bias_ref, part, h, heads, d) for part in range(3))
+    p = _probs(q, k, d ** -0.5).astype(v.dtype)
+    o_ref[:, h * d:(h + 1) * d] = jnp.dot(p, v, preferred_element_type=jnp.float32).astype(
+        o_ref.dtype)
+  y = jnp.dot(o_ref[...], w_ref[...], preferred_element_type=jnp.float32)
   y_ref[0] = (y + b_ref[...].astype(jnp.float32)).astype(y_ref.dtype)
 
 
 def _backward_kernel(qkv_ref, qkv_bias_ref, dy_ref, w_ref, dqkv_ref, dqkv_bias_ref, dw_ref,
-                     db_ref, *, heads: int, d: int):
+                     db_ref, o_ref, do_ref, *, heads: int, d: int):
   @pl.when(pl.program_id(1) == 0)
   def _():  # this core's first image: its gradient sums start at zero
     for ref in (dqkv_bias_ref, dw_ref, db_ref):
       ref[...] = jnp.zeros_like(ref)
 
-  dy = dy_ref[0]
-  do = lax.dot_general(dy, w_ref[...], _NT, preferred_element_type=jnp.float32).astype(dy.dtype)
-  q, k, v, p = _attend(qkv_ref, qkv_bias_ref, heads, d)
-  o, dq, dk, dv = [], [], [], []
+  do_ref[...] = lax.dot_general(dy_ref[0], w_ref[...], _NT,
+                                preferred_element_type=jnp.float32).astype(do_ref.dtype)
+  scale = d ** -0.5
   for h in range(heads):
-    doh = do[:, h * d:(h + 1) * d]
-    ph = p[h].astype(doh.dtype)
-    o.append(jnp.dot(ph, v[h], preferred_element_type=jnp.float32))  # recomputed, for ∂w
-    dv.append(lax.dot_general(ph, doh, _TN, preferred_element_type=jnp.float32))
-    dp = lax.dot_general(doh, v[h], _NT, preferred_element_type=jnp.float32)
+    q, k, v = (_head(qkv_ref, qkv_bias_ref, part, h, heads, d) for part in range(3))
+    do = do_ref[:, h * d:(h + 1) * d]
+    p = _probs(q, k, scale)
+    pc = p.astype(do.dtype)
+    o_ref[:, h * d:(h + 1) * d] = jnp.dot(pc, v, preferred_element_type=jnp.float32).astype(
+        o_ref.dtype)  # recomputed, for ∂w
+    dp = lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32)
     # softmax's backward; Σ_j p·dp = the row's dO·O
-    ds = (p[h] * (dp - jnp.sum(p[h] * dp, axis=-1, keepdims=True))).astype(q[h].dtype)
-    dq.append(jnp.dot(ds, k[h], preferred_element_type=jnp.float32) * d ** -0.5)
-    dk.append(lax.dot_general(ds, q[h], _TN, preferred_element_type=jnp.float32) * d ** -0.5)
-  dqkv = jnp.concatenate(dq + dk + dv, axis=-1)
-  dqkv_ref[0] = dqkv.astype(dqkv_ref.dtype)
-  dqkv_bias_ref[0] += jnp.sum(dqkv, axis=0, keepdims=True)
-  o = jnp.concatenate(o, axis=-1).astype(dy.dtype)
-  dw_ref[0] += lax.dot_general(o, dy, _TN, preferred_element_type=jnp.float32)
+    ds = (p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True))).astype(q.dtype)
+    grads = (jnp.dot(ds, k, preferred_element_type=jnp.float32) * scale,
+             lax.dot_general(ds, q, _TN, preferred_element_type=jnp.float32) * scale,
+             lax.dot_general(pc, do, _TN, preferred_element_type=jnp.float32))
+    for part, g in enumerate(grads):
+      lanes = slice((part * heads + h) * d, (part * heads + h + 1) * d)
+      dqkv_ref[0, :, lanes] = g.astype(dqkv_ref.dtype)
+      dqkv_bias_ref[0, :, lanes] += jnp.sum(g, axis=0, keepdims=True)
+  dy = dy_ref[0]
+  dw_ref[0] += lax.dot_general(o_ref[...], dy, _TN, preferred_element_type=jnp.float32)
   db_ref[0] += jnp.sum(dy.astype(jnp.float32), axis=0, keepdims=True)
+
+
+def _whole(shape, index_map):
+  """A block that stays the same over the grid (weights, gradient sums): one VMEM buffer, not
+  the pipeline's two (ViT-H's 1280² projection and its float32 gradient are 9 MiB)."""
+  return pl.BlockSpec(shape, index_map, pipeline_mode=pl.Buffered(1))
 
 
 # Grid steps run as `_CORES` independent sequences of images, each summing its own weight
@@ -100,9 +108,10 @@ def _forward(qkv, qkv_bias, w, b, heads: int, interpret: bool) -> jax.Array:
       out_shape=jax.ShapeDtypeStruct((bsz, n, width), qkv.dtype), grid=(bsz,),
       in_specs=[pl.BlockSpec((1, n, c), lambda i: (i, 0, 0)),
                 pl.BlockSpec((1, c), lambda i: (0, 0)),
-                pl.BlockSpec(w.shape, lambda i: (0, 0)),
+                _whole(w.shape, lambda i: (0, 0)),
                 pl.BlockSpec((1, width), lambda i: (0, 0))],
       out_specs=pl.BlockSpec((1, n, width), lambda i: (i, 0, 0)),
+      scratch_shapes=[pltpu.VMEM((n, w.shape[0]), qkv.dtype)],  # the heads' output
       compiler_params=pltpu.CompilerParams(dimension_semantics=('parallel',)),
       cost_estimate=pl.CostEstimate(
           flops=4 * bsz * heads * n * n * d + 2 * bsz * n * w.shape[0] * width,
@@ -127,11 +136,12 @@ def _backward(qkv, qkv_bias, dy, w, heads: int, interpret: bool):
                  jax.ShapeDtypeStruct((cores, 1, width), jnp.float32)),
       grid=(cores, per_core),
       in_specs=[pl.BlockSpec((1, n, c), image), pl.BlockSpec((1, c), lambda i, j: (0, 0)),
-                pl.BlockSpec((1, n, width), image), pl.BlockSpec(w.shape, lambda i, j: (0, 0))],
+                pl.BlockSpec((1, n, width), image), _whole(w.shape, lambda i, j: (0, 0))],
       out_specs=(pl.BlockSpec((1, n, c), image),
                  pl.BlockSpec((1, 1, c), lambda i, j: (i, 0, 0)),
-                 pl.BlockSpec((1,) + w.shape, lambda i, j: (i, 0, 0)),
+                 _whole((1,) + w.shape, lambda i, j: (i, 0, 0)),
                  pl.BlockSpec((1, 1, width), lambda i, j: (i, 0, 0))),
+      scratch_shapes=[pltpu.VMEM((n, w.shape[0]), qkv.dtype)] * 2,  # heads' output, its gradient
       compiler_params=pltpu.CompilerParams(dimension_semantics=('parallel', 'arbitrary')),
       cost_estimate=pl.CostEstimate(
           flops=12 * bsz * heads * n * n * d + 4 * bsz * n * w.shape[0] * width,
