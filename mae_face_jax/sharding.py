@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ('data', 'fsdp')
@@ -48,8 +49,14 @@ def make_mesh(mesh_config: Mapping[str, int], devices: list | None = None) -> Me
   devices = jax.devices() if devices is None else devices
   shape = mesh_shape(mesh_config, len(devices))
   # Auto axes: shardings of intermediates are left to XLA's propagation (GSPMD), as in pjit.
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(shape),
-                       devices=devices)
+  axis_types = (jax.sharding.AxisType.Auto,) * len(shape)
+  try:
+    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+  except NotImplementedError:
+    # An axis that is no product of the slice's torus dimensions (data 4 on v5p 8x8x8): the
+    # devices are laid out with a physical axis split instead of refusing the config.
+    grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:

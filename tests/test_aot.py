@@ -146,6 +146,17 @@ def test_chip_table_and_unknown_chip():
   assert len(aot.topology_devices('v5p:2x2x2')) == 8
 
 
+def test_a_mesh_axis_across_the_torus_dimensions():
+  """Large's default data 4 on a v5p 8x8x8 slice, where 4 is no product of the torus sides:
+  the mesh splits a physical axis rather than refusing the config."""
+  devices = aot.topology_devices('v5p:8x8x8')
+  mesh = sharding.make_mesh({'data': 4, 'fsdp': -1}, devices)
+  assert dict(mesh.shape) == {'data': 4, 'fsdp': 128}
+  assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in devices)
+  assert dict(sharding.make_mesh({'data': 8, 'fsdp': -1}, devices).shape) == {'data': 8,
+                                                                               'fsdp': 64}
+
+
 def test_bytes_by_kind_reads_tpu_hlo():
   """Operands + results of each executed instruction, a fusion's insides not counted."""
   hlo = '\n'.join([
