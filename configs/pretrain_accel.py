@@ -1,9 +1,9 @@
 """Stage 1 on GPUs and TPUs: `--config=configs/pretrain_accel.py:<size>` (default base).
 
 bfloat16 compute with float32 master weights and optimizer state, and the backend's best attention
-('auto': cuDNN's fused kernel on NVIDIA GPUs, our Pallas kernel on TPUs). Large shards parameters
-and optimizer state within 4 groups of devices that split the batch (data 4 x FSDP; on fewer than
-4 devices set `--config.mesh.data=1`), huge over all devices (full FSDP).
+('auto': cuDNN's fused kernel on NVIDIA GPUs, our Pallas kernel on TPUs). Large and huge shard
+parameters and optimizer state within groups of 16 devices (FSDP) that split the batch between
+them (data); on fewer than 16 devices set `--config.mesh.fsdp=-1`.
 """
 
 import ml_collections
@@ -16,13 +16,11 @@ def get_config(size: str = 'base') -> ml_collections.ConfigDict:
   config.model.dtype = 'bfloat16'
   config.model.param_dtype = 'float32'
   config.model.attention_impl = 'auto'
-  # The meshes XLA's cost model puts first on a v5p-64 (README, "Pod slices checked ahead of
-  # time"): ViT-L data 4 x fsdp 16, all-gathers over 16 chips, ahead of 1 x 64 and 16 x 4; ViT-H
-  # every device one FSDP group, just ahead of 4 x 16.
-  if size == 'large':
-    config.mesh.data, config.mesh.fsdp = 4, -1
-  elif size == 'huge':
-    config.mesh.data, config.mesh.fsdp = 1, -1
+  # FSDP within groups of 16 devices, data parallel across them: first or within a point of the
+  # first in XLA's cost model on a v5p-64 (README, "Pod slices checked ahead of time"), and a mesh
+  # that every slice there can lay out (full FSDP over 512 chips cannot shard 1280-wide ViT-H).
+  if size in ('large', 'huge'):
+    config.mesh.data, config.mesh.fsdp = -1, 16
   config.data.num_workers = 8
   config.data.num_threads = 16
   return config
