@@ -131,6 +131,13 @@ def test_pallas_attention_matches_einsum_attention():
   bf = [a.astype(jnp.bfloat16) for a in (qkv, qkv_bias, w, b)]
   np.testing.assert_allclose(np.asarray(kernel(*bf), np.float32),
                              np.asarray(reference(*bf, 4), np.float32), atol=5e-2)
+  # bf16 gradients (the accelerator configs' compute dtype) within bf16 rounding of float32's
+  bf_grads = jax.grad(lambda *a: jnp.sum(kernel(*a).astype(jnp.float32) * cotangent),
+                      (0, 1, 2, 3))(*bf)
+  for got, want in zip(bf_grads, expected[1]):
+    assert got.dtype == jnp.bfloat16
+    scale = float(jnp.max(jnp.abs(want)))
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=0.02 * scale)
   with pytest.raises(ValueError, match='qkv width 96 is not 3 × 5 heads'):
     qkv_attention(qkv, qkv_bias, w, b, 5)
   x = jnp.asarray(images(2, 32))
