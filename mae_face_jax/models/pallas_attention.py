@@ -29,9 +29,14 @@ _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 _TN = (((0,), (0,)), ((), ()))  # a.T @ b
 
 
+def _lanes(part: int, h: int, heads: int, d: int) -> slice:
+  """Head h's channels of q (part 0), k (1) or v (2) in timm's fused qkv layout."""
+  return slice((part * heads + h) * d, (part * heads + h + 1) * d)
+
+
 def _head(ref, bias_ref, part: int, h: int, heads: int, d: int) -> jax.Array:
-  """One image's (N, Dh) q (part 0), k (1) or v (2) of head h, with its bias."""
-  lanes = slice((part * heads + h) * d, (part * heads + h + 1) * d)
+  """One image's (N, Dh) q, k or v of head h, with its bias."""
+  lanes = _lanes(part, h, heads, d)
   return ref[0, :, lanes] + bias_ref[:, lanes]
 
 
@@ -80,7 +85,7 @@ def _backward_kernel(qkv_ref, qkv_bias_ref, dy_ref, w_ref, dqkv_ref, dqkv_bias_r
              lax.dot_general(ds, q, _TN, preferred_element_type=jnp.float32) * scale,
              lax.dot_general(pc, do, _TN, preferred_element_type=jnp.float32))
     for part, g in enumerate(grads):
-      lanes = slice((part * heads + h) * d, (part * heads + h + 1) * d)
+      lanes = _lanes(part, h, heads, d)
       dqkv_ref[0, :, lanes] = g.astype(dqkv_ref.dtype)
       dqkv_bias_ref[0, :, lanes] += jnp.sum(g, axis=0, keepdims=True)
   dy = dy_ref[0]
