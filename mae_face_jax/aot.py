@@ -296,18 +296,18 @@ def compile_pretrain_step(config: Any, topology: str) -> tuple[Any, Estimate]:
   except jax.errors.JaxRuntimeError as error:
     if 'RESOURCE_EXHAUSTED' not in str(error):
       raise
+    step_named = f'{topology}, mesh {dict(mesh.shape)}, global batch {config.batch_size}'
     if 'memory space vmem' in str(error):  # a kernel's on-core scratch, not the chip's HBM
       raise DoesNotFit(
-          f'{topology}, mesh {dict(mesh.shape)}, global batch {config.batch_size}: a kernel '
-          f'needs more VMEM than {chip} allows it (attention_impl '
+          f'{step_named}: a kernel needs more VMEM than {chip} allows it (attention_impl '
           f'{config.model.get("attention_impl")!r}; try --config.model.attention_impl=einsum). '
           'XLA says:\n' + '\n'.join(str(error).splitlines()[:4])) from error
     hbm = CHIPS[chip].hbm_gib
     raise DoesNotFit(
-        f'{topology}, mesh {dict(mesh.shape)}, global batch {config.batch_size}: DOES NOT FIT in '
-        f'{hbm:g} GiB of HBM per chip. Per device: parameters {params_bytes / GIB:.2f} GiB + '
-        f'optimizer state {opt_state_bytes / GIB:.2f} GiB + batch {batch_bytes / GIB:.2f} GiB, '
-        'plus activations. XLA says:\n' + '\n'.join(str(error).splitlines()[:8])) from error
+        f'{step_named}: DOES NOT FIT in {hbm:g} GiB of HBM per chip. Per device: parameters '
+        f'{params_bytes / GIB:.2f} GiB + optimizer state {opt_state_bytes / GIB:.2f} GiB + batch '
+        f'{batch_bytes / GIB:.2f} GiB, plus activations. XLA says:\n'
+        + '\n'.join(str(error).splitlines()[:8])) from error
   compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()

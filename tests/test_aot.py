@@ -163,8 +163,8 @@ def test_chip_table_and_unknown_chip():
 
 
 def test_a_mesh_axis_across_the_torus_dimensions():
-  """Large's default data 4 on a v5p 8x8x8 slice, where 4 is no product of the torus sides:
-  the mesh splits a physical axis rather than refusing the config."""
+  """Data 4 on a v5p 8x8x8 slice, where 4 is no product of the torus sides: the mesh splits a
+  physical axis rather than refusing the config."""
   devices = aot.topology_devices('v5p:8x8x8')
   mesh = sharding.make_mesh({'data': 4, 'fsdp': -1}, devices)
   assert dict(mesh.shape) == {'data': 4, 'fsdp': 128}

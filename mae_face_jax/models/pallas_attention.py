@@ -2,9 +2,9 @@
 Pallas TPU kernel per pass.
 
 `qkv_attention(qkv, qkv_bias, w, b, num_heads)`: (B, N, 3·H·Dh) in timm's fused layout + bias →
-attention → @ w + b (timm's `proj`) → (B, N, D). One grid step holds one image's whole sequence in VMEM (MAE's
-50 encoder and 197 decoder tokens: a 197×197 float32 score matrix per head is 155 KiB), so the
-scores and the heads' output never reach HBM and the arrays keep their lane-dense (B, N,
+attention → @ w + b (timm's `proj`) → (B, N, D). One grid step holds one image's whole sequence
+in VMEM (MAE's 50 encoder and 197 decoder tokens: a 197×197 float32 score matrix per head is 155
+KiB), so the scores and the heads' output never reach HBM and the arrays keep their lane-dense (B, N,
 channels) layout. Why: with head sizes 32 and 64 and token counts not multiples of 8, the (B, H,
 N, Dh) arrays and (B, H, N, N) scores of an XLA attention are tiled with padding on a TPU (32
 lanes stored as 128), and their traffic was most of the attention's bytes.
@@ -94,8 +94,8 @@ def _backward_kernel(qkv_ref, qkv_bias_ref, dy_ref, w_ref, dqkv_ref, dqkv_bias_r
 
 
 def _whole(shape, index_map):
-  """A block that stays the same over the grid (weights, gradient sums): one VMEM buffer, not
-  the pipeline's two (ViT-H's 1280² projection and its float32 gradient are 9 MiB)."""
+  """A block that stays the same over a core's grid steps (weights, gradient sums): one VMEM
+  buffer, not the pipeline's two (ViT-H's 1280² projection and its float32 gradient are 9 MiB)."""
   return pl.BlockSpec(shape, index_map, pipeline_mode=pl.Buffered(1))
 
 
